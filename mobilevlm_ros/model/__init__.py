@@ -1,0 +1,1 @@
+"""Model side: PyTorch reference of MobileVLM, checkpoint loading, synthetic checkpoints, export (needs torch)."""

@@ -1,0 +1,185 @@
+"""Checkpoint -> engine directory (ONNX).
+
+Three pieces, each made by the tool that does it best:
+  vision.onnx   pixels -> image embeddings (tower + projector), traced with torch.onnx;
+                int8/int4 engines quantize it with onnxruntime's dynamic int8 quantizer.
+  decoder.onnx  LLaMA taking `inputs_embeds` with a KV cache, built by onnxruntime-genai's model
+                builder (GroupQueryAttention sharing past/present buffers; MatMulNBits int4/int8).
+  embed_tokens.npy  the token-embedding table (the runtime gathers rows itself, so text and
+                image embeddings meet in numpy before the decoder).
+plus tokenizer.model and manifest.json (see runtime/manifest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..runtime import manifest as mf
+from ..runtime.errors import CheckpointError
+from .loader import load_checkpoint, resolve
+from .reference import MobileVLM
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+TARGETS = ("cpu", "cuda")
+
+
+def export_vision(model: MobileVLM, path: str) -> None:
+    size = model.config.vision["image_size"]
+    pixels = torch.zeros(1, 3, size, size)
+    with torch.no_grad():
+        torch.onnx.export(
+            model.vision, (pixels,), path,
+            input_names=["pixel_values"], output_names=["image_embeds"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )
+
+
+def quantize_vision_int8(path: str) -> None:
+    """Dynamic int8 (weights int8, activations quantized on the fly): the CPU-friendly choice."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path + ".q.onnx"
+    quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    os.replace(tmp, path)
+
+
+def vision_to_fp16(path: str) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = convert_float_to_float16(onnx.load(path), keep_io_types=True)
+    onnx.save(m, path)
+
+
+def _write_llama_folder(model: MobileVLM, folder: str, tokenizer_src: str, dtype: torch.dtype) -> None:
+    """The LLM half as a plain LLaMA folder: what the genai builder reads."""
+    cfg = model.llm.config.to_dict()
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"], torch_dtype=str(dtype).replace("torch.", ""))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    from safetensors.torch import save_file
+
+    save_file({k: v.to(dtype).contiguous() for k, v in model.llm.state_dict().items()},
+              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(tokenizer_src, os.path.join(folder, "tokenizer.model"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                   "unk_token": "<unk>", "legacy": True}, f)
+
+
+def build_decoder(model: MobileVLM, out: str, precision: str, target: str, tokenizer_src: str) -> dict:
+    """Run onnxruntime-genai's builder; returns its genai_config 'decoder' section."""
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
+        src, dst = os.path.join(tmp, "llama"), os.path.join(tmp, "onnx")
+        os.makedirs(src)
+        _write_llama_folder(model, src, tokenizer_src, torch.float32 if precision == "fp32" else torch.float16)
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", src, "-o", dst,
+               "-p", precision, "-e", target, "-c", os.path.join(tmp, "cache"),
+               "--extra_options", "exclude_embeds=true", "filename=decoder.onnx",
+               # Only the last position's logits are needed: prefill skips a (L x vocab) matmul.
+               "prune_lm_head=true", "hf_remote=false", "hf_token=false"]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise CheckpointError("onnxruntime-genai builder failed:\n" + run.stderr[-3000:])
+        for name in ("decoder.onnx", "decoder.onnx.data"):
+            shutil.move(os.path.join(dst, name), os.path.join(out, name))
+        with open(os.path.join(dst, "genai_config.json")) as f:
+            genai = json.load(f)
+    return genai["model"]["decoder"]
+
+
+def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vision_tower: str = None,
+           model_id: str = "", log=print) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}")
+    folder = resolve(src)
+    tokenizer_src = os.path.join(folder, "tokenizer.model")
+    if not os.path.isfile(tokenizer_src):
+        raise CheckpointError(f"{folder}: no tokenizer.model")
+    t0 = time.time()
+    model = load_checkpoint(folder, vision_tower=vision_tower)
+    cfg = model.config
+    log(f"loaded {src} ({cfg.version}, {cfg.projector}, hidden {cfg.hidden_size}) in {time.time() - t0:.1f}s")
+    os.makedirs(out, exist_ok=True)
+
+    t0 = time.time()
+    export_vision(model, os.path.join(out, "vision.onnx"))
+    if precision in ("int8", "int4"):
+        quantize_vision_int8(os.path.join(out, "vision.onnx"))
+        vision_precision = "int8"
+    elif precision == "fp16" and target == "cuda":
+        vision_to_fp16(os.path.join(out, "vision.onnx"))
+        vision_precision = "fp16"
+    else:
+        vision_precision = "fp32"  # fp16 on CPU is slower than fp32, so the tower stays fp32 there
+    log(f"vision graph ({vision_precision}) in {time.time() - t0:.1f}s")
+
+    t0 = time.time()
+    decoder = build_decoder(model, out, precision, target, tokenizer_src)
+    log(f"decoder ({precision}, {target}) in {time.time() - t0:.1f}s")
+
+    table_dtype = np.float32 if precision == "fp32" else np.float16
+    np.save(os.path.join(out, "embed_tokens.npy"),
+            model.llm.get_input_embeddings().weight.detach().numpy().astype(table_dtype))
+    shutil.copy(tokenizer_src, os.path.join(out, "tokenizer.model"))
+
+    llm = cfg.llm
+    manifest = {
+        "format": mf.FORMAT,
+        "format_version": mf.FORMAT_VERSION,
+        "tool": f"mobilevlm_ros {__version__}",
+        "model": {
+            "id": model_id or src,
+            "family": "mobilevlm",
+            "version": cfg.version,
+            "projector": cfg.projector,
+            "template": "v1",
+            "image_size": cfg.vision["image_size"],
+            "image_tokens": cfg.num_image_tokens,
+            "image_aspect_ratio": cfg.image_aspect_ratio,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "hidden_size": llm["hidden_size"],
+            "num_layers": llm["num_hidden_layers"],
+            "num_heads": llm["num_attention_heads"],
+            "num_kv_heads": llm["num_key_value_heads"],
+            "head_dim": llm["hidden_size"] // llm["num_attention_heads"],
+            "vocab_size": llm["vocab_size"],
+            "context_length": llm["max_position_embeddings"],
+            "bos_token_id": llm["bos_token_id"],
+            "eos_token_id": llm["eos_token_id"],
+            "vision_tower": cfg.vision_tower,
+            "vision_layers": cfg.vision["num_hidden_layers"],
+            "vision_width": cfg.vision["hidden_size"],
+        },
+        "precision": precision,
+        "vision_precision": vision_precision,
+        "target": target,
+        "decoder_io": {
+            "inputs_embeds": decoder["inputs"]["inputs_embeds"],
+            "attention_mask": decoder["inputs"]["attention_mask"],
+            "past_key": decoder["inputs"]["past_key_names"],
+            "past_value": decoder["inputs"]["past_value_names"],
+            "logits": decoder["outputs"]["logits"],
+            "present_key": decoder["outputs"]["present_key_names"],
+            "present_value": decoder["outputs"]["present_value_names"],
+        },
+        "files": {},
+    }
+    mf.write(out, manifest, {"vision": "vision.onnx", "decoder": "decoder.onnx",
+                             "decoder_data": "decoder.onnx.data", "embeddings": "embed_tokens.npy",
+                             "tokenizer": "tokenizer.model"})
+    return out

@@ -1,0 +1,1 @@
+"""Runtime: what runs on the robot. numpy, onnxruntime and sentencepiece only; no torch, no ROS."""

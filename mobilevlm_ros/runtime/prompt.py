@@ -1,0 +1,62 @@
+"""The MobileVLM chat prompt (conversation mode `v1`) and its tokenisation around the image."""
+
+from __future__ import annotations
+
+from typing import List
+
+from .errors import PromptError
+from .tokenizer import Tokenizer
+
+SYSTEM_V1 = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+IMAGE_TOKEN = "<image>"
+# Placeholder id the reference puts where the image embeddings go; never a real vocab id.
+IMAGE_TOKEN_INDEX = -200
+DEFAULT_CAPTION_QUESTION = "Describe the image briefly."
+
+TEMPLATES = ("v1",)
+
+
+def build_prompt(question: str, template: str = "v1") -> str:
+    """The full prompt text, `<image>` included, exactly as the reference `conv_templates["v1"]` builds it."""
+    if template not in TEMPLATES:
+        raise PromptError(f"unknown prompt template {template!r}; known: {', '.join(TEMPLATES)}")
+    if not isinstance(question, str) or not question.strip():
+        raise PromptError("the question is empty")
+    # v1 (vicuna style): sep " " after the system text and the user turn, the image before the
+    # question on its own line, and the prompt ends with "ASSISTANT:" (no trailing space).
+    return f"{SYSTEM_V1} USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"
+
+
+def tokenize_prompt(tokenizer: Tokenizer, prompt: str) -> List[int]:
+    """Token ids with IMAGE_TOKEN_INDEX where `<image>` stood, as the reference `tokenizer_image_token`.
+
+    The reference tokenises each chunk between `<image>` markers separately, so every chunk gets
+    its own dummy-prefix space (e.g. "\\nWhat" -> "▁", "<0x0A>", ...): encoding the whole prompt
+    at once would give different ids. BOS is kept only once, at the very start.
+    """
+    chunks = prompt.split(IMAGE_TOKEN)
+    ids = [tokenizer.bos_id]
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            ids.append(IMAGE_TOKEN_INDEX)
+        ids.extend(tokenizer.encode(chunk, add_bos=False))
+    return ids
+
+
+def check_prompt_length(n_prompt_tokens: int, n_image_tokens: int, max_new_tokens: int, context_length: int) -> None:
+    """Raise PromptError when prompt + image + answer would not fit in the model's context.
+
+    `n_prompt_tokens` counts text tokens only (IMAGE_TOKEN_INDEX markers excluded).
+    """
+    if min(n_prompt_tokens, n_image_tokens, max_new_tokens) < 0 or context_length <= 0:
+        raise PromptError("token counts must be non-negative and the context length positive")
+    needed = n_prompt_tokens + n_image_tokens + max_new_tokens
+    if needed > context_length:
+        raise PromptError(
+            f"prompt too long: {n_prompt_tokens} text tokens + {n_image_tokens} image tokens + "
+            f"{max_new_tokens} new tokens = {needed} > context length {context_length}; "
+            f"shorten the question by at least {needed - context_length} tokens or lower max_new_tokens"
+        )

@@ -1,0 +1,64 @@
+"""Results shared by the runtime and the ROS layer (converted to messages in exactly one place)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, asdict
+from typing import List, Optional
+
+
+@dataclass
+class Box:
+    """A grounded region. Pixel box in the ORIGINAL (unpadded) image, normalised box as the model wrote it."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    # [x1, y1, x2, y2] in 0..1 of the padded square, exactly as parsed from the answer.
+    normalized: List[float] = field(default_factory=list)
+    phrase: str = ""
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each stage of one request."""
+
+    preprocess_s: float = 0.0
+    vision_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    total_s: float = 0.0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        # The first new token comes out of prefill; decode steps make the rest.
+        steps = max(self.new_tokens - 1, 0)
+        return steps / self.decode_s if self.decode_s > 0 else 0.0
+
+
+@dataclass
+class Answer:
+    """What `VLM.describe` returns: the text, the boxes found in it, and how long it took."""
+
+    text: str
+    prompt: str
+    boxes: List[Box] = field(default_factory=list)
+    token_ids: List[int] = field(default_factory=list)
+    finish_reason: str = ""  # "eos", "stop", "length", "cancelled"
+    timings: Timings = field(default_factory=Timings)
+    image_size: Optional[tuple] = None  # (width, height) of the source image
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["timings"]["decode_tokens_per_s"] = self.timings.decode_tokens_per_s
+        return d

@@ -1,0 +1,160 @@
+"""`VLM`: image + question -> answer text and boxes, read top to bottom:
+
+    image -> pixels (image.py) -> image embeddings (vision engine)
+    question -> prompt -> token ids (prompt.py, tokenizer.py)
+    [text embeddings | image embeddings | text embeddings] -> decoder prefill -> generation loop
+    text -> boxes in source-image pixels (grounding.py)
+
+The vision features and the image part of the prompt are kept for the last image, so a second
+question about the same frame costs only its own tokens (one entry: nothing grows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+from . import manifest as mf
+from .engines import DecoderEngine, VisionEngine
+from .errors import EngineError, PromptError
+from .generation import Generation, GenerationParams
+from .grounding import find_boxes, grounding_prompt
+from .image import pad_geometry, preprocess
+from .prompt import IMAGE_TOKEN_INDEX, DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
+from .sessions import choose_providers, provider_names
+from .tokenizer import Tokenizer
+from .types import Answer, Timings
+
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass
+class _Prefix:
+    """The decoder holds [prompt head | image] for this image in its first `length` positions."""
+
+    key: str
+    head_ids: tuple
+    length: int
+    image_embeds: np.ndarray
+
+
+class Request:
+    """One answer in progress: iterate for text pieces; `answer` is complete after the loop."""
+
+    def __init__(self, generation: Generation, answer: Answer, size, default_phrase: str, t_start: float):
+        self.generation = generation
+        self.answer = answer
+        self._size = size
+        self._phrase = default_phrase
+        self._t_start = t_start
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.generation
+        g, a = self.generation, self.answer
+        a.text = g.text.strip()
+        a.token_ids = g.token_ids
+        a.finish_reason = g.finish_reason
+        a.boxes = find_boxes(a.text, self._size[0], self._size[1], default_phrase=self._phrase)
+        a.timings.decode_s = g.decode_s
+        a.timings.new_tokens = len(g.token_ids)
+        a.timings.total_s = time.perf_counter() - self._t_start
+
+    def result(self) -> Answer:
+        for _ in self:
+            pass
+        return self.answer
+
+
+class VLM:
+    """A MobileVLM engine directory, loaded. Not thread-safe: one request at a time."""
+
+    def __init__(self, engine_dir: str, backend: str = "auto", threads: int = 0, max_length: int = 0,
+                 verify: bool = True):
+        self.manifest = mf.load(engine_dir, verify=verify)
+        if self.manifest.kind != "onnx":
+            raise EngineError(f"{engine_dir}: engine kind {self.manifest.kind!r} is not supported by this runtime")
+        m = self.manifest.model
+        providers = choose_providers(self.manifest.target, backend, cache_dir=os.path.join(engine_dir, "trt_cache"))
+        self.tokenizer = Tokenizer(self.manifest.path("tokenizer"))
+        self.vision = VisionEngine(self.manifest, providers, threads)
+        self.decoder = DecoderEngine(self.manifest, providers, threads, max_length)
+        # Memory-mapped: only the rows of tokens actually used are ever read.
+        self.table = np.load(self.manifest.path("embeddings"), mmap_mode="r")
+        if self.table.shape != (m["vocab_size"], m["hidden_size"]):
+            raise EngineError(f"engine file {self.manifest.files['embeddings']['path']}: shape {self.table.shape}, "
+                              f"manifest says ({m['vocab_size']}, {m['hidden_size']})")
+        self.image_size = m["image_size"]
+        self.mean = m.get("image_mean")
+        self.std = m.get("image_std")
+        self.model_id = m.get("id", "")
+        self.backend = provider_names(self.decoder.session)[0]
+        self._prefix: Optional[_Prefix] = None
+
+    # -- the pipeline ----------------------------------------------------------------------------
+    def _embed_ids(self, ids) -> np.ndarray:
+        return np.asarray(self.table[list(ids)], dtype=np.float32)
+
+    def _image_key(self, rgb: np.ndarray) -> str:
+        # A digest of the pixels: cheap next to the vision engine, and never confuses two frames.
+        return hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest() + str(rgb.shape)
+
+    def start(self, rgb: np.ndarray, question: str = "", params: Optional[GenerationParams] = None,
+              cancel: Optional[threading.Event] = None, default_phrase: str = "") -> Request:
+        """Run vision and prefill for `question` about `rgb` (H x W x 3 uint8); returns the Request to iterate."""
+        t_start = time.perf_counter()
+        params = (params or GenerationParams()).validate()
+        question = (question or DEFAULT_CAPTION_QUESTION).strip()
+        if len(question) > MAX_QUESTION_CHARS:
+            raise PromptError(f"question is {len(question)} characters; at most {MAX_QUESTION_CHARS} are accepted")
+        prompt = build_prompt(question)
+        ids = tokenize_prompt(self.tokenizer, prompt)
+        cut = ids.index(IMAGE_TOKEN_INDEX)
+        head, tail = tuple(ids[:cut]), ids[cut + 1:]
+        n_image = self.manifest.model["image_tokens"]
+        total = len(ids) - 1 + n_image
+        if total + params.max_new_tokens > self.decoder.max_length:
+            raise PromptError(f"question too long: {total} prompt positions + {params.max_new_tokens} new tokens "
+                              f"exceed the engine's {self.decoder.max_length}")
+        timings = Timings(prompt_tokens=total)
+
+        key = self._image_key(rgb)
+        t0 = time.perf_counter()
+        cached = self._prefix if (self._prefix and self._prefix.key == key and self._prefix.head_ids == head) else None
+        if cached is None:
+            self._prefix = None  # the decoder's contents are about to change
+            pixels = preprocess(rgb, self.image_size, self.mean, self.std)
+            timings.preprocess_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            image_embeds = self.vision(pixels)
+            timings.vision_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.decoder.rewind(0)
+            self.decoder.run(np.concatenate([self._embed_ids(head), image_embeds]))
+            cached = _Prefix(key, head, self.decoder.length, image_embeds)
+            self._prefix = cached
+        else:
+            t0 = time.perf_counter()
+            self.decoder.rewind(cached.length)
+        logits = self.decoder.run(self._embed_ids(tail))
+        timings.prefill_s = time.perf_counter() - t0
+
+        answer = Answer(text="", prompt=question, timings=timings, image_size=(rgb.shape[1], rgb.shape[0]))
+        generation = Generation(self.decoder, self.table, self.tokenizer, logits, params, cancel)
+        return Request(generation, answer, (rgb.shape[1], rgb.shape[0]), default_phrase, t_start)
+
+    def describe(self, rgb: np.ndarray, question: str = "", params: Optional[GenerationParams] = None,
+                 cancel: Optional[threading.Event] = None) -> Answer:
+        return self.start(rgb, question, params, cancel).result()
+
+    def ground(self, rgb: np.ndarray, phrase: str, params: Optional[GenerationParams] = None) -> Answer:
+        """Ask for the box of the region `phrase` describes (the LLaVA-1.5 referring-expression prompt)."""
+        return self.start(rgb, grounding_prompt(phrase), params, default_phrase=phrase.strip()).result()
+
+    def image_embeddings(self, rgb: np.ndarray) -> np.ndarray:
+        return self.vision(preprocess(rgb, self.image_size, self.mean, self.std))

@@ -1,0 +1,239 @@
+"""mobilevlm-bench: how fast an engine runs here, next to baselines measured in the same run.
+
+  mobilevlm-bench ENGINE_DIR [--reference CHECKPOINT]
+  mobilevlm-bench --synthetic v2-1.7b --precision int4     # makes (once) and measures a random-weight model
+
+Prints, for our engine and for the transformers PyTorch fp32 reference: vision ms, prefill tokens/s,
+decode tokens/s, time to first token, end-to-end caption latency (N new tokens), peak RSS; and the
+memory-bandwidth bound of decode: bytes read per token (decoder weights + KV cache) divided by this
+machine's read bandwidth, measured in the same run (it swings from minute to minute on shared hosts).
+Each engine runs in its own process so peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mobilevlm_ros", "bench")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _frame(i: int, w: int = 640, h: int = 480) -> np.ndarray:
+    # A different frame per run, so no run reuses the previous run's vision features.
+    rng = np.random.default_rng(i)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def read_bandwidth_gbs(threads: int, mb: int = 1024, repeats: int = 5) -> float:
+    """Best read bandwidth of `threads` threads summing disjoint parts of a buffer larger than any cache."""
+    a = np.ones(mb * (1 << 20) // 8, dtype=np.int64)
+    parts = np.array_split(a, threads)
+    best = 0.0
+    for _ in range(repeats):
+        ts = [threading.Thread(target=np.add.reduce, args=(p,)) for p in parts]  # numpy drops the GIL here
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+# -- workers (each in its own process) ----------------------------------------------------------
+def _summarise(runs: list) -> dict:
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return med
+
+
+def worker_ours(engine: str, new_tokens: int, runs: int, threads: int) -> dict:
+    from ..runtime.generation import GenerationParams
+    from ..runtime.vlm import VLM
+
+    t0 = time.perf_counter()
+    vlm = VLM(engine, threads=threads, max_length=1024)
+    load_s = time.perf_counter() - t0
+    params = GenerationParams(max_new_tokens=new_tokens, ignore_eos=True)
+    out = []
+    for i in range(runs + 1):  # the first run warms up onnxruntime
+        t0 = time.perf_counter()
+        req = vlm.start(_frame(i), "", params)
+        first = next(iter(req.generation), None)  # noqa: F841  (the first token's text)
+        ttft = time.perf_counter() - t0
+        a = req.result()
+        t = a.timings
+        if i:
+            out.append(dict(vision_ms=t.vision_s * 1e3, prefill_tok_s=t.prompt_tokens / t.prefill_s,
+                            decode_tok_s=t.decode_tokens_per_s, ttft_s=ttft, e2e_s=t.total_s,
+                            prompt_tokens=t.prompt_tokens, new_tokens=t.new_tokens))
+    res = _summarise(out)
+    m = vlm.manifest
+    res.update(load_s=load_s, peak_rss_mb=_peak_rss_mb(), backend=vlm.backend, precision=m.precision,
+               decoder_weight_bytes=m.files["decoder"]["bytes"] + m.files["decoder_data"]["bytes"],
+               kv_bytes_per_position=vlm.decoder.kv_bytes_per_position)
+    return res
+
+
+def worker_reference(checkpoint: str, new_tokens: int, runs: int, threads: int) -> dict:
+    import torch
+
+    from ..model.loader import load_checkpoint
+    from ..runtime.image import preprocess
+    from ..runtime.prompt import DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
+    from ..runtime.tokenizer import Tokenizer
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model = load_checkpoint(checkpoint)
+    load_s = time.perf_counter() - t0
+    tok = Tokenizer(os.path.join(checkpoint, "tokenizer.model"))
+    ids = tokenize_prompt(tok, build_prompt(DEFAULT_CAPTION_QUESTION))
+    size = model.config.vision["image_size"]
+    out = []
+    with torch.no_grad():
+        for i in range(runs + 1):
+            t0 = time.perf_counter()
+            pixels = torch.from_numpy(preprocess(_frame(i), size))
+            image = model.vision(pixels)
+            vision_s = time.perf_counter() - t0
+            embeds = model.embed(ids, image)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+            t1 = time.perf_counter()
+            model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=1, do_sample=False)
+            prefill_s = time.perf_counter() - t1
+            ttft = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, do_sample=False)
+            gen_s = time.perf_counter() - t1
+            e2e = vision_s + gen_s
+            if i:
+                out.append(dict(vision_ms=vision_s * 1e3, prefill_tok_s=embeds.shape[1] / prefill_s,
+                                decode_tok_s=(new_tokens - 1) / max(gen_s - prefill_s, 1e-9), ttft_s=ttft,
+                                e2e_s=e2e, prompt_tokens=embeds.shape[1], new_tokens=new_tokens))
+    res = _summarise(out)
+    res.update(load_s=load_s, peak_rss_mb=_peak_rss_mb(), backend="torch-cpu", precision="fp32")
+    return res
+
+
+def _run_worker(kind: str, target: str, a) -> dict:
+    cmd = [sys.executable, "-m", "mobilevlm_ros.tools.bench", "--worker", kind, target,
+           "--new-tokens", str(a.new_tokens), "--runs", str(a.runs), "--threads", str(a.threads)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"mobilevlm-bench: {kind} worker failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _synthetic(a) -> tuple:
+    """A cached synthetic checkpoint and its engine (made once: a full-size int4 build takes minutes)."""
+    from ..model.export import export
+    from ..model.synthetic import write_synthetic
+
+    ckpt = os.path.join(a.work, f"{a.synthetic}-checkpoint")
+    engine = os.path.join(a.work, f"{a.synthetic}-{a.precision}")
+    if not os.path.isfile(os.path.join(ckpt, "tokenizer.model")):
+        print(f"writing synthetic checkpoint {ckpt} ...", file=sys.stderr)
+        write_synthetic(a.synthetic, ckpt)
+    if not os.path.isfile(os.path.join(engine, "manifest.json")):
+        print(f"exporting {engine} ...", file=sys.stderr)
+        export(ckpt, engine, a.precision, "cpu", model_id=f"synthetic/{a.synthetic}",
+               log=lambda s: print(s, file=sys.stderr))
+    return engine, ckpt
+
+
+def _table(rows: dict) -> str:
+    cols = [("vision_ms", "vision ms", "{:.0f}"), ("prefill_tok_s", "prefill tok/s", "{:.0f}"),
+            ("decode_tok_s", "decode tok/s", "{:.1f}"), ("ttft_s", "TTFT s", "{:.2f}"),
+            ("e2e_s", "caption s", "{:.2f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}")]
+    head = f"{'':28}" + "".join(f"{c[1]:>15}" for c in cols)
+    lines = [head]
+    for name, r in rows.items():
+        lines.append(f"{name:28}" + "".join(f"{(c[2].format(r[c[0]]) if c[0] in r else '-'):>15}" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="mobilevlm-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("engine", nargs="?", help="engine directory")
+    p.add_argument("--synthetic", metavar="NAME", help="benchmark a random-weight preset (e.g. v2-1.7b)")
+    p.add_argument("--precision", default="int4", choices=["fp32", "fp16", "int8", "int4"])
+    p.add_argument("--reference", metavar="CHECKPOINT", help="checkpoint folder for the PyTorch fp32 baseline")
+    p.add_argument("--no-reference", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--work", default=CACHE, help="where synthetic checkpoints and engines are cached")
+    p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here ('-' for stdout)")
+    p.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    from ..runtime.sessions import default_threads
+
+    a.threads = a.threads or default_threads()
+    if a.worker:
+        fn = worker_ours if a.worker == "ours" else worker_reference
+        print(json.dumps(fn(a.engine, a.new_tokens, a.runs, a.threads)))
+        return 0
+    if bool(a.engine) == bool(a.synthetic):
+        p.error("give either ENGINE_DIR or --synthetic NAME")
+    checkpoint = a.reference
+    engine = a.engine
+    if a.synthetic:
+        engine, ckpt = _synthetic(a)
+        checkpoint = checkpoint or ckpt
+
+    bw_before = read_bandwidth_gbs(a.threads)
+    ours = _run_worker("ours", engine, a)
+    bw_after = read_bandwidth_gbs(a.threads)
+    bandwidth = max(bw_before, bw_after)
+    ref = None
+    if checkpoint and not a.no_reference:
+        ref = _run_worker("reference", checkpoint, a)
+
+    # Decode reads every decoder weight once per token, plus the KV cache up to the current position.
+    mean_pos = ours["prompt_tokens"] + ours["new_tokens"] / 2
+    bytes_per_token = ours["decoder_weight_bytes"] + ours["kv_bytes_per_position"] * mean_pos
+    bound = bandwidth * 1e9 / bytes_per_token
+    rows = {f"ours ({ours['precision']}, {ours['backend']})": ours}
+    if ref:
+        rows["transformers fp32 (PyTorch)"] = ref
+    result = {
+        "engine": engine, "threads": a.threads, "new_tokens": a.new_tokens, "runs": a.runs,
+        "ours": ours, "reference": ref,
+        "read_bandwidth_gbs": {"before": bw_before, "after": bw_after, "used": bandwidth},
+        "decode_bytes_per_token": bytes_per_token,
+        "decode_bound_tok_s": bound,
+        "decode_fraction_of_bound": ours["decode_tok_s"] / bound,
+        "e2e_speedup_vs_reference": (ref["e2e_s"] / ours["e2e_s"]) if ref else None,
+    }
+    print(_table(rows))
+    print(f"\nread bandwidth: {bw_before:.1f} GB/s before, {bw_after:.1f} GB/s after ({a.threads} threads); "
+          f"decode reads {bytes_per_token / 1e9:.3f} GB/token -> bound {bound:.1f} tok/s; "
+          f"ours {ours['decode_tok_s']:.1f} tok/s = {result['decode_fraction_of_bound']:.2f} of the bound")
+    if ref:
+        print(f"caption of {a.new_tokens} tokens: {result['e2e_speedup_vs_reference']:.1f}x faster than PyTorch fp32")
+    if a.json:
+        text = json.dumps(result, indent=2)
+        if a.json == "-":
+            print(text)
+        else:
+            with open(a.json, "w") as f:
+                f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

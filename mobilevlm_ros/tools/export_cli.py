@@ -1,0 +1,58 @@
+"""mobilevlm-export: a MobileVLM checkpoint (folder or hub id) -> an engine directory.
+
+  mobilevlm-export mtgv/MobileVLM_V2-1.7B --out engines/v2-1.7b-int4 --precision int4 --target cpu
+  mobilevlm-export --synthetic tiny --out /tmp/tiny            # random weights, no download
+  mobilevlm-export --synthetic v2-1.7b --checkpoint-only --out /tmp/ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="mobilevlm-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("src", nargs="?", help="checkpoint folder or hub id (e.g. mtgv/MobileVLM_V2-1.7B)")
+    p.add_argument("--synthetic", metavar="NAME",
+                   help="make a random-weight checkpoint of a preset (tiny, tiny-v1, v1-1.7b, v2-1.7b, v1-3b, v2-3b)")
+    p.add_argument("--layout", choices=["inside", "separate"], default="",
+                   help="synthetic: vision tower inside the checkpoint (V2 default) or in a CLIP folder (V1 default)")
+    p.add_argument("--checkpoint-only", action="store_true", help="synthetic: write the checkpoint folder to --out and stop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="engine directory to write")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="int4")
+    p.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
+    a = p.parse_args(argv)
+    if bool(a.src) == bool(a.synthetic):
+        p.error("give either SRC or --synthetic NAME")
+
+    from ..runtime.errors import VLMError
+    from ..model.export import export
+    from ..model.synthetic import PRESETS, write_synthetic
+
+    try:
+        if a.synthetic:
+            if a.synthetic not in PRESETS:
+                p.error(f"unknown synthetic model {a.synthetic!r}; known: {', '.join(PRESETS)}")
+            if a.checkpoint_only:
+                write_synthetic(a.synthetic, a.out, layout=a.layout, seed=a.seed)
+                print(f"wrote synthetic checkpoint {a.synthetic} to {a.out}")
+                return 0
+            with tempfile.TemporaryDirectory(prefix="mobilevlm_ckpt_") as ckpt:
+                write_synthetic(a.synthetic, ckpt, layout=a.layout, seed=a.seed)
+                export(ckpt, a.out, a.precision, a.target, model_id=f"synthetic/{a.synthetic}")
+        else:
+            export(a.src, a.out, a.precision, a.target, vision_tower=a.vision_tower, model_id=a.src)
+    except (VLMError, ValueError, OSError) as e:
+        print(f"mobilevlm-export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote engine to {os.path.abspath(a.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""mobilevlm_ros: pip install of the Python package (on a ROS install, colcon builds it with CMakeLists.txt)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mobilevlm_ros",
+    version="0.1.0",
+    description="MobileVLM (V1/V2) on a robot: ONNX Runtime / TensorRT engines, captions and grounded answers",
+    license="Apache-2.0",
+    packages=find_packages(include=["mobilevlm_ros", "mobilevlm_ros.*"]),
+    python_requires=">=3.10",
+    # Robot side: no torch. onnxruntime comes from an extra because Jetson uses NVIDIA's onnxruntime-gpu wheel.
+    install_requires=["numpy>=1.24", "sentencepiece>=0.2", "pillow>=10", "opencv-python-headless>=4.8", "psutil>=5"],
+    extras_require={
+        "cpu": ["onnxruntime==1.32.0"],
+        # Export side (the machine that turns checkpoints into engines). torch is pinned: any
+        # other version downloads gigabytes here.
+        "export": [
+            "torch==2.13.0",
+            "transformers==5.24.0",
+            "safetensors==0.8.0",
+            "onnx==1.23.2",
+            "onnxscript==0.7.2",
+            "onnxruntime==1.32.0",
+            "onnxruntime-genai==0.18.0",
+            "huggingface-hub>=0.30",
+            "protobuf>=4",
+        ],
+        "test": ["pytest>=8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "mobilevlm-export = mobilevlm_ros.tools.export_cli:main",
+            "mobilevlm-caption = mobilevlm_ros.tools.caption:main",
+            "mobilevlm-bench = mobilevlm_ros.tools.bench:main",
+        ]
+    },
+)
