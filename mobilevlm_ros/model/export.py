@@ -43,6 +43,13 @@ def export_vision(model: MobileVLM, path: str) -> None:
             dynamic_axes={"pixel_values": {0: "batch"}, "image_embeds": {0: "batch"}},
             opset_version=17, dynamo=False,
         )
+    # Name the output's fixed sizes so the runtime can check an engine against its manifest.
+    import onnx
+
+    graph = onnx.load(path)
+    dims = graph.graph.output[0].type.tensor_type.shape.dim
+    dims[1].dim_value, dims[2].dim_value = model.config.num_image_tokens, model.config.hidden_size
+    onnx.save(graph, path)
 
 
 def quantize_vision_int8(path: str) -> None:

@@ -140,4 +140,4 @@ def load_checkpoint(src: str, vision_tower: Optional[str] = None, dtype=torch.fl
             parts.append(f"unexpected tensors: {_summary(unexpected)}")
         raise CheckpointError(f"{folder}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
-    return model.to(dtype).eval()
+    return model.to(dtype).eval().requires_grad_(False)

@@ -68,12 +68,12 @@ def train_tokenizer(
     lines = [ln for ln in (default_corpus() if corpus_lines is None else corpus_lines) if ln.strip()]
     if not lines:
         raise ValueError("train_tokenizer: the corpus is empty")
-    n_chars = len({c for ln in lines for c in ln if c != " "})
-    # Every character of the corpus gets a piece (character_coverage=1.0), plus the meta pieces.
-    if vocab_size < _N_META + n_chars + 1:
+    # Every character of the corpus gets a piece (character_coverage=1.0), the space as "▁".
+    n_chars = len({c for ln in lines for c in ln} | {" "})
+    if vocab_size < _N_META + n_chars:
         raise ValueError(
             f"train_tokenizer: vocab_size {vocab_size} is too small for this corpus; "
-            f"need at least {_N_META + n_chars + 1} ({_N_META} special/byte pieces + {n_chars} characters)"
+            f"need at least {_N_META + n_chars} ({_N_META} special/byte pieces + {n_chars} characters)"
         )
 
     # BPE without sentence sampling uses no randomness; the seed is pinned anyway so that

@@ -57,6 +57,9 @@ class DecoderEngine:
         if missing or io["logits"] not in outputs:
             raise EngineError(f"engine file {manifest.files['decoder']['path']}: graph lacks {', '.join(missing) or io['logits']} "
                               "(does not match the manifest); re-run mobilevlm-export")
+        if inputs[io["inputs_embeds"]].shape[-1] != self.hidden:
+            raise EngineError(f"engine file {manifest.files['decoder']['path']}: inputs_embeds width "
+                              f"{inputs[io['inputs_embeds']].shape[-1]}, manifest says {self.hidden}")
         self.embed_dtype = _NP_TYPES[inputs[io["inputs_embeds"]].type]
         kv_dtype = _NP_TYPES[inputs[self.past[0][0]].type]
         logits_dtype = _NP_TYPES[outputs[io["logits"]].type]

@@ -25,7 +25,7 @@ from .engines import DecoderEngine, VisionEngine
 from .errors import EngineError, PromptError
 from .generation import Generation, GenerationParams
 from .grounding import find_boxes, grounding_prompt
-from .image import pad_geometry, preprocess
+from .image import CLIP_MEAN, CLIP_STD, preprocess
 from .prompt import IMAGE_TOKEN_INDEX, DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
 from .sessions import choose_providers, provider_names
 from .tokenizer import Tokenizer
@@ -90,8 +90,8 @@ class VLM:
             raise EngineError(f"engine file {self.manifest.files['embeddings']['path']}: shape {self.table.shape}, "
                               f"manifest says ({m['vocab_size']}, {m['hidden_size']})")
         self.image_size = m["image_size"]
-        self.mean = m.get("image_mean")
-        self.std = m.get("image_std")
+        self.mean = m.get("image_mean", CLIP_MEAN)
+        self.std = m.get("image_std", CLIP_STD)
         self.model_id = m.get("id", "")
         self.backend = provider_names(self.decoder.session)[0]
         self._prefix: Optional[_Prefix] = None
