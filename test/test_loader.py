@@ -113,3 +113,10 @@ def test_unknown_projector_and_missing_folder_are_clear(tmp_path):
     (bad / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json"):
         load_checkpoint(str(bad))
+
+
+def test_hub_id_without_network_is_a_clear_error(monkeypatch):
+    """A hub id goes through huggingface_hub; offline (as here) that is one clear CheckpointError."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="mtgv/MobileVLM_V2-1.7B: not a local folder and the hub could not provide it"):
+        load_checkpoint("mtgv/MobileVLM_V2-1.7B")

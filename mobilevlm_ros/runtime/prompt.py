@@ -25,6 +25,8 @@ def build_prompt(question: str, template: str = "v1") -> str:
         raise PromptError(f"unknown prompt template {template!r}; known: {', '.join(TEMPLATES)}")
     if not isinstance(question, str) or not question.strip():
         raise PromptError("the question is empty")
+    if IMAGE_TOKEN in question:
+        raise PromptError(f"the question must not contain {IMAGE_TOKEN}: the image goes in by itself")
     # v1 (vicuna style): sep " " after the system text and the user turn, the image before the
     # question on its own line, and the prompt ends with "ASSISTANT:" (no trailing space).
     return f"{SYSTEM_V1} USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"

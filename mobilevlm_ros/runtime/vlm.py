@@ -26,7 +26,7 @@ from .errors import EngineError, PromptError
 from .generation import Generation, GenerationParams
 from .grounding import find_boxes, grounding_prompt
 from .image import CLIP_MEAN, CLIP_STD, preprocess
-from .prompt import IMAGE_TOKEN_INDEX, DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
+from .prompt import DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, check_prompt_length, tokenize_prompt
 from .sessions import choose_providers, provider_names
 from .tokenizer import Tokenizer
 from .types import Answer, Timings
@@ -104,12 +104,15 @@ class VLM:
         # A digest of the pixels: cheap next to the vision engine, and never confuses two frames.
         return hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest() + str(rgb.shape)
 
-    def start(self, rgb: np.ndarray, question: str = "", params: Optional[GenerationParams] = None,
+    def start(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
               cancel: Optional[threading.Event] = None, default_phrase: str = "") -> Request:
-        """Run vision and prefill for `question` about `rgb` (H x W x 3 uint8); returns the Request to iterate."""
+        """Run vision and prefill for `question` (None: a caption) about `rgb` (H x W x 3 uint8 RGB).
+
+        Returns the Request to iterate. Bad input raises ImageError / PromptError / ValueError.
+        """
         t_start = time.perf_counter()
         params = (params or GenerationParams()).validate()
-        question = (question or DEFAULT_CAPTION_QUESTION).strip()
+        question = DEFAULT_CAPTION_QUESTION if question is None else question.strip()
         if len(question) > MAX_QUESTION_CHARS:
             raise PromptError(f"question is {len(question)} characters; at most {MAX_QUESTION_CHARS} are accepted")
         prompt = build_prompt(question)
@@ -117,11 +120,8 @@ class VLM:
         cut = ids.index(IMAGE_TOKEN_INDEX)
         head, tail = tuple(ids[:cut]), ids[cut + 1:]
         n_image = self.manifest.model["image_tokens"]
-        total = len(ids) - 1 + n_image
-        if total + params.max_new_tokens > self.decoder.max_length:
-            raise PromptError(f"question too long: {total} prompt positions + {params.max_new_tokens} new tokens "
-                              f"exceed the engine's {self.decoder.max_length}")
-        timings = Timings(prompt_tokens=total)
+        check_prompt_length(len(ids) - 1, n_image, params.max_new_tokens, self.decoder.max_length)
+        timings = Timings(prompt_tokens=len(ids) - 1 + n_image)
 
         key = self._image_key(rgb)
         t0 = time.perf_counter()
@@ -148,7 +148,7 @@ class VLM:
         generation = Generation(self.decoder, self.table, self.tokenizer, logits, params, cancel)
         return Request(generation, answer, (rgb.shape[1], rgb.shape[0]), default_phrase, t_start)
 
-    def describe(self, rgb: np.ndarray, question: str = "", params: Optional[GenerationParams] = None,
+    def describe(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
                  cancel: Optional[threading.Event] = None) -> Answer:
         return self.start(rgb, question, params, cancel).result()
 

@@ -70,7 +70,7 @@ def worker_ours(engine: str, new_tokens: int, runs: int, threads: int) -> dict:
     out = []
     for i in range(runs + 1):  # the first run warms up onnxruntime
         t0 = time.perf_counter()
-        req = vlm.start(_frame(i), "", params)
+        req = vlm.start(_frame(i), None, params)
         first = next(iter(req.generation), None)  # noqa: F841  (the first token's text)
         ttft = time.perf_counter() - t0
         a = req.result()

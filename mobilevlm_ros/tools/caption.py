@@ -15,7 +15,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-caption", description=__doc__.split("\n\n")[0])
     p.add_argument("engine", help="engine directory (with manifest.json)")
     p.add_argument("image", help="image file (PNG, JPEG, ...)")
-    p.add_argument("--question", "-q", default="", help="question (default: a caption request)")
+    p.add_argument("--question", "-q", default=None, help="question (default: a caption request)")
     p.add_argument("--ground", metavar="PHRASE", help="ask for the box of the region PHRASE describes")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)

@@ -1,0 +1,71 @@
+"""Bad input to the runtime is a clear error, and the same VLM keeps answering afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mobilevlm_ros.runtime.errors import ImageError, PromptError
+from mobilevlm_ros.runtime.generation import GenerationParams
+from mobilevlm_ros.runtime.vlm import VLM
+
+GOOD = np.full((48, 64, 3), 128, np.uint8)
+PARAMS = GenerationParams(max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def vlm(engines):
+    return VLM(engines("tiny", "fp32"), backend="cpu", threads=1)
+
+
+@pytest.mark.parametrize("question,match", [
+    ("", "empty"),
+    ("   \n ", "empty"),
+    ("x" * 5000, "at most 4000"),
+    ("what " * 600, "prompt too long"),  # fits the character cap, not the 512-position context
+    ("look: <image> what is it?", "must not contain <image>"),
+])
+def test_bad_questions(vlm, question, match):
+    with pytest.raises(PromptError, match=match):
+        vlm.describe(GOOD, question, PARAMS)
+    assert vlm.describe(GOOD, "What is it?", PARAMS).timings.new_tokens >= 1
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((0, 10, 3), np.uint8),
+    np.zeros((10, 10), np.uint8),
+    np.zeros((10, 10, 4), np.uint8),
+    np.zeros((10, 10, 3), np.float32),
+])
+def test_bad_images(vlm, image):
+    with pytest.raises(ImageError):
+        vlm.describe(image, "What is it?", PARAMS)
+    assert vlm.describe(GOOD, None, PARAMS).prompt == "Describe the image briefly."
+
+
+def test_bad_generation_parameters(vlm):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        vlm.describe(GOOD, "What?", GenerationParams(max_new_tokens=0))
+
+
+class _FinishedGeneration:
+    """Stands in for a Generation that produced `text`."""
+
+    def __init__(self, text):
+        self.text, self.token_ids, self.finish_reason, self.decode_s = text, [5, 6], "eos", 0.01
+
+    def __iter__(self):
+        yield self.text
+
+
+def test_request_maps_answer_boxes_to_source_pixels():
+    """A finished request turns its text into boxes of the SOURCE image (padding undone)."""
+    from mobilevlm_ros.runtime.types import Answer
+    from mobilevlm_ros.runtime.vlm import Request
+
+    gen = _FinishedGeneration("the cup [0.125, 0.25, 0.375, 0.5]")
+    answer = Request(gen, Answer(text="", prompt="Where is the cup?"), (320, 240), "", 0.0).result()
+    # padded square of side 320, image at y offset 40: (40, 80-40, 120, 160-40)
+    b = answer.boxes[0]
+    assert [round(v, 3) for v in (b.x1, b.y1, b.x2, b.y2)] == [40, 40, 120, 120]
+    assert b.phrase == "the cup" and answer.finish_reason == "eos" and answer.timings.new_tokens == 2
