@@ -84,6 +84,11 @@ def _teacher_forced_agreement(engine_q: str, engine_fp32: str, rgb: np.ndarray) 
 
 @pytest.mark.parametrize("precision,floor", [("int8", 0.75), ("int4", 0.5)])
 def test_quantized_engines_agree_with_fp32(precision, floor, engines):
+    import onnx
+
+    graph = onnx.load(mf.load(engines("tiny", precision)).path("decoder"), load_external_data=False).graph
+    bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert bits == {int(precision[3:])}, "the decoder's matrices were not quantized"
     rates = [_teacher_forced_agreement(engines("tiny", precision), engines("tiny", "fp32"), _scene(s)) for s in range(3)]
     rate = float(np.mean(rates))
     print(f"\n{precision}: greedy agreement with fp32 (teacher-forced, {NEW_TOKENS} tokens x 3 images) = {rate:.2f}")

@@ -85,7 +85,8 @@ def _write_llama_folder(model: MobileVLM, folder: str, tokenizer_src: str, dtype
                    "unk_token": "<unk>", "legacy": True}, f)
 
 
-def build_decoder(model: MobileVLM, out: str, precision: str, target: str, tokenizer_src: str) -> dict:
+def build_decoder(model: MobileVLM, out: str, precision: str, target: str, tokenizer_src: str,
+                  block_size: int = 128) -> dict:
     """Run onnxruntime-genai's builder; returns its genai_config 'decoder' section."""
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
         src, dst = os.path.join(tmp, "llama"), os.path.join(tmp, "onnx")
@@ -95,7 +96,10 @@ def build_decoder(model: MobileVLM, out: str, precision: str, target: str, token
                "-p", precision, "-e", target, "-c", os.path.join(tmp, "cache"),
                "--extra_options", "exclude_embeds=true", "filename=decoder.onnx",
                # Only the last position's logits are needed: prefill skips a (L x vocab) matmul.
-               "prune_lm_head=true", "hf_remote=false", "hf_token=false"]
+               "prune_lm_head=true", "hf_remote=false", "hf_token=false",
+               # Block 128 (the usual group size of int4 LLMs) against the builder's 32: on the 2-core
+               # bench machine prefill ran 1.5x and decode 1.25x faster (fewer scales to read and apply).
+               f"block_size={block_size}"]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             raise CheckpointError("onnxruntime-genai builder failed:\n" + run.stderr[-3000:])
@@ -107,7 +111,7 @@ def build_decoder(model: MobileVLM, out: str, precision: str, target: str, token
 
 
 def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vision_tower: str = None,
-           model_id: str = "", log=print) -> str:
+           model_id: str = "", block_size: int = 128, log=print) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     if target not in TARGETS:
@@ -135,7 +139,7 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     log(f"vision graph ({vision_precision}) in {time.time() - t0:.1f}s")
 
     t0 = time.time()
-    decoder = build_decoder(model, out, precision, target, tokenizer_src)
+    decoder = build_decoder(model, out, precision, target, tokenizer_src, block_size)
     log(f"decoder ({precision}, {target}) in {time.time() - t0:.1f}s")
 
     table_dtype = np.float32 if precision == "fp32" else np.float16
@@ -174,6 +178,7 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
         },
         "precision": precision,
         "vision_precision": vision_precision,
+        "block_size": block_size if precision in ("int8", "int4") else None,
         "target": target,
         "decoder_io": {
             "inputs_embeds": decoder["inputs"]["inputs_embeds"],

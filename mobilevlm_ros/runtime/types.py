@@ -36,7 +36,8 @@ class Timings:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     total_s: float = 0.0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # positions of the whole prompt (text + image)
+    prefill_tokens: int = 0  # positions actually computed (the rest came from the cache)
     new_tokens: int = 0
 
     @property

@@ -15,7 +15,6 @@ import hashlib
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
@@ -32,16 +31,6 @@ from .tokenizer import Tokenizer
 from .types import Answer, Timings
 
 MAX_QUESTION_CHARS = 4000
-
-
-@dataclass
-class _Prefix:
-    """The decoder holds [prompt head | image] for this image in its first `length` positions."""
-
-    key: str
-    head_ids: tuple
-    length: int
-    image_embeds: np.ndarray
 
 
 class Request:
@@ -94,7 +83,8 @@ class VLM:
         self.std = m.get("image_std", CLIP_STD)
         self.model_id = m.get("id", "")
         self.backend = provider_names(self.decoder.session)[0]
-        self._prefix: Optional[_Prefix] = None
+        self._cached_head: Optional[tuple] = None  # token ids at the decoder's first positions
+        self._cached_image: Optional[str] = None  # key of the image that follows them
 
     # -- the pipeline ----------------------------------------------------------------------------
     def _embed_ids(self, ids) -> np.ndarray:
@@ -123,25 +113,33 @@ class VLM:
         check_prompt_length(len(ids) - 1, n_image, params.max_new_tokens, self.decoder.max_length)
         timings = Timings(prompt_tokens=len(ids) - 1 + n_image)
 
+        # The decoder's cache holds [head | image] from the last request: the head (system text) is
+        # the same for every question, the image part for every question about the same frame.
         key = self._image_key(rgb)
-        t0 = time.perf_counter()
-        cached = self._prefix if (self._prefix and self._prefix.key == key and self._prefix.head_ids == head) else None
-        if cached is None:
-            self._prefix = None  # the decoder's contents are about to change
+        image_embeds = None
+        if key != self._cached_image or head != self._cached_head:
+            t0 = time.perf_counter()
             pixels = preprocess(rgb, self.image_size, self.mean, self.std)
             timings.preprocess_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             image_embeds = self.vision(pixels)
             timings.vision_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        if head != self._cached_head:
+            self._cached_head = self._cached_image = None  # invalid until the runs below succeed
             self.decoder.rewind(0)
-            self.decoder.run(np.concatenate([self._embed_ids(head), image_embeds]))
-            cached = _Prefix(key, head, self.decoder.length, image_embeds)
-            self._prefix = cached
-        else:
-            t0 = time.perf_counter()
-            self.decoder.rewind(cached.length)
+            self.decoder.run(self._embed_ids(head))
+            self._cached_head = head
+            timings.prefill_tokens += len(head)
+        if image_embeds is not None:
+            self._cached_image = None
+            self.decoder.rewind(len(head))
+            self.decoder.run(image_embeds)
+            self._cached_image = key
+            timings.prefill_tokens += n_image
+        self.decoder.rewind(len(head) + n_image)
         logits = self.decoder.run(self._embed_ids(tail))
+        timings.prefill_tokens += len(tail)
         timings.prefill_s = time.perf_counter() - t0
 
         answer = Answer(text="", prompt=question, timings=timings, image_size=(rgb.shape[1], rgb.shape[0]))

@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="engine directory to write")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="int4")
     p.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--block-size", type=int, default=128, choices=[32, 64, 128, 256],
+                   help="int4/int8: weights per quantization scale (default 128)")
     p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
     a = p.parse_args(argv)
     if bool(a.src) == bool(a.synthetic):
@@ -44,9 +46,10 @@ def main(argv=None) -> int:
                 return 0
             with tempfile.TemporaryDirectory(prefix="mobilevlm_ckpt_") as ckpt:
                 write_synthetic(a.synthetic, ckpt, layout=a.layout, seed=a.seed)
-                export(ckpt, a.out, a.precision, a.target, model_id=f"synthetic/{a.synthetic}")
+                export(ckpt, a.out, a.precision, a.target, model_id=f"synthetic/{a.synthetic}", block_size=a.block_size)
         else:
-            export(a.src, a.out, a.precision, a.target, vision_tower=a.vision_tower, model_id=a.src)
+            export(a.src, a.out, a.precision, a.target, vision_tower=a.vision_tower, model_id=a.src,
+                   block_size=a.block_size)
     except (VLMError, ValueError, OSError) as e:
         print(f"mobilevlm-export: error: {e}", file=sys.stderr)
         return 1
