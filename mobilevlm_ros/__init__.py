@@ -4,6 +4,16 @@ Layers (each importable without the one above it):
   mobilevlm_ros.model    PyTorch reference, checkpoint loader, exporters (needs torch)
   mobilevlm_ros.runtime  numpy + onnxruntime + sentencepiece: image -> tokens -> engines -> text -> boxes
   mobilevlm_ros (ROS)    the node, message conversion, replay (needs rclpy)
+The generated interfaces are mobilevlm_ros.msg, mobilevlm_ros.srv and mobilevlm_ros.action.
 """
+
+# One package, possibly in two folders: with `make setup` the sources are an editable install of
+# the repository while rosidl installs the generated msg/srv/action subpackages (and their
+# typesupport modules) into the venv's site-packages/mobilevlm_ros. Every mobilevlm_ros folder on
+# sys.path becomes part of this package. On a colcon install both live in one folder and this
+# changes nothing.
+from pkgutil import extend_path
+
+__path__ = extend_path(__path__, __name__)
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ class Box:
 class Timings:
     """Seconds spent in each stage of one request."""
 
+    queue_s: float = 0.0  # waiting for the inference worker (set by the ROS layer)
     preprocess_s: float = 0.0
     vision_s: float = 0.0
     prefill_s: float = 0.0

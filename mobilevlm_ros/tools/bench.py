@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,13 @@ CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mobilevlm_ros", "bench"
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork+exec, so a worker
+    # started by a process that had exported a model would report the exporter's peak.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def _frame(i: int, w: int = 640, h: int = 480) -> np.ndarray:

@@ -1,0 +1,367 @@
+"""The VLM node: a lifecycle node that turns camera frames into captions and questions into answers.
+
+  ros2 run mobilevlm_ros vlm_node --ros-args -p engine_dir:=engines/demo -p cameras:="[front]"
+
+Topics (names relative to the node): subscribes N/image_raw or N/image_raw/compressed per camera;
+publishes ~/caption (Caption), ~/annotated (Image, only while subscribed), /diagnostics.
+Serves ~/ask as a service and as an action (streaming feedback, cancel).
+The engine loads on configure and is freed on cleanup; inference runs on one worker thread
+(worker.py) so callbacks, services and cancels stay responsive.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Optional
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+
+from . import params as P
+from .action import Ask as AskAction
+from .annotate import draw_answer
+from .image_convert import compressed_to_rgb, image_to_rgb, rgb_to_image_msg
+from .messages import answer_msg, caption_msg
+from .msg import Caption
+from .runtime.errors import ImageError, VLMError
+from .runtime.generation import GenerationParams
+from .srv import Ask as AskService
+from .worker import Frame, Job, Worker
+
+ANSWER_TIMEOUT_S = 600.0
+
+
+def default_engine_dir() -> str:
+    """The demo engine: installed share/mobilevlm_ros/engines/demo, else the source tree's engines/demo."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return os.path.join(get_package_share_directory("mobilevlm_ros"), "engines", "demo")
+    except Exception:  # not installed with colcon (pip/venv set-up), or ament_index missing
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engines", "demo")
+
+
+def _descriptor(p: P.Param) -> ParameterDescriptor:
+    d = ParameterDescriptor(description=p.description)
+    if p.range is not None:
+        if isinstance(p.default, int) and not isinstance(p.default, bool):
+            d.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]), step=1)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]), to_value=float(p.range[1]))]
+    return d
+
+
+class VLMNode(LifecycleNode):
+    def __init__(self, name: str = "vlm", **kwargs):
+        super().__init__(name, **kwargs)
+        for p in P.PARAMS:
+            self.declare_parameter(p.name, p.default, _descriptor(p))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.vlm = None
+        self.worker: Optional[Worker] = None
+        self.model_id = ""
+        self._state = "unconfigured"
+        self._group = ReentrantCallbackGroup()
+        self._subs = []
+        self._service = None
+        self._action = None
+        self._diag_timer = None
+        self._goals = {}
+        self._goals_lock = threading.Lock()
+        self.caption_pub = None
+        self.annotated_pub = None
+        self.diag_pub = None
+
+    # -- parameters --------------------------------------------------------------------------------
+    def _p(self, name: str):
+        return self.get_parameter(name).value
+
+    def _on_set_parameters(self, changes) -> SetParametersResult:
+        for c in changes:
+            spec = P.BY_NAME.get(c.name)
+            if spec is None:
+                continue
+            reason = P.check(c.name, c.value)
+            if not reason and not spec.live and self._state != "unconfigured":
+                reason = f"{c.name} is read on configure/activate: deactivate and clean up the node first"
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        if self.worker is not None:
+            self._apply_live({c.name: c.value for c in changes})
+        return SetParametersResult(successful=True)
+
+    def _apply_live(self, values: dict) -> None:
+        get = lambda n: values[n] if n in values else self._p(n)  # noqa: E731
+        w = self.worker
+        w.caption_rate_hz = float(get("caption_rate_hz"))
+        w.caption_prompt = get("caption_prompt")
+        w.max_queue = int(get("max_queue"))
+        w.caption_params = self._generation_params(0, -1.0, values)
+
+    def _generation_params(self, max_new_tokens: int, temperature: float, values: Optional[dict] = None) -> GenerationParams:
+        get = lambda n: (values or {}).get(n, self._p(n))  # noqa: E731
+        return GenerationParams(max_new_tokens=int(max_new_tokens or get("max_new_tokens")),
+                                temperature=float(temperature if temperature >= 0 else get("temperature")),
+                                top_p=float(get("top_p"))).validate()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from .runtime.vlm import VLM
+
+        engine = self._p("engine_dir") or default_engine_dir()
+        try:
+            self.vlm = VLM(engine, backend=self._p("backend"), threads=self._p("threads"),
+                           max_length=self._p("max_context"))
+        except VLMError as e:
+            self.get_logger().error(f"cannot load the engine: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.model_id = self.vlm.model_id
+        self.worker = Worker(self.vlm, self._publish_caption, self._publish_annotated_answer,
+                             log_error=lambda m: self.get_logger().error(m))
+        self._apply_live({})
+        self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
+        self.annotated_pub = self.create_publisher(Image, "~/annotated", 2)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._service = self.create_service(AskService, "~/ask", self._serve_ask, callback_group=self._group)
+        self._action = ActionServer(self, AskAction, "~/ask", execute_callback=self._execute_ask,
+                                    goal_callback=lambda goal: GoalResponse.ACCEPT,
+                                    cancel_callback=self._cancel_ask, callback_group=self._group)
+        self._state = "inactive"
+        self.get_logger().info(f"engine {engine} loaded ({self.model_id}, {self.vlm.manifest.precision}, "
+                               f"backend {self.vlm.backend})")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            pairs = P.camera_transports(self._p("cameras"), self._p("transports"))
+        except ValueError as e:
+            self.get_logger().error(str(e))
+            return TransitionCallbackReturn.FAILURE
+        reliability = (ReliabilityPolicy.RELIABLE if self._p("qos_reliability") == "reliable"
+                       else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self._p("qos_depth"), reliability=reliability)
+        for camera, transport in pairs:
+            self.worker.add_camera(camera)
+            if transport == "compressed":
+                sub = self.create_subscription(CompressedImage, f"{camera}/image_raw/compressed",
+                                               lambda m, c=camera: self._on_frame(c, m, compressed_to_rgb), qos)
+            else:
+                sub = self.create_subscription(Image, f"{camera}/image_raw",
+                                               lambda m, c=camera: self._on_frame(c, m, image_to_rgb), qos)
+            self._subs.append(sub)
+        self.worker.start()
+        self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
+        self._state = "active"
+        self.get_logger().info(f"active: cameras {[c for c, _ in pairs]}, captions at {self._p('caption_rate_hz')} Hz")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._state = "inactive"
+        self.worker.stop()
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.worker is not None:
+            self.worker.stop()
+        self._release()
+        self._state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self) -> None:
+        """Free the engine and everything made on configure."""
+        if self._action is not None:
+            self._action.destroy()
+        if self._service is not None:
+            self.destroy_service(self._service)
+        for pub in (self.caption_pub, self.annotated_pub, self.diag_pub):
+            if pub is not None:
+                self.destroy_publisher(pub)
+        self._action = self._service = self.caption_pub = self.annotated_pub = self.diag_pub = None
+        self.worker = None
+        self.vlm = None
+
+    # -- frames and captions ----------------------------------------------------------------------
+    def _on_frame(self, camera: str, msg, convert) -> None:
+        try:
+            rgb = convert(msg)
+        except ImageError as e:
+            self.worker.refuse_frame(camera)
+            self.get_logger().warning(f"camera '{camera}': frame refused: {e}", throttle_duration_sec=5.0)
+            return
+        self.worker.put_frame(camera, Frame(rgb, msg.header, time.monotonic()))
+
+    def _publish_caption(self, camera: str, frame: Frame, answer) -> None:
+        if self._state != "active":
+            return
+        self.caption_pub.publish(caption_msg(answer, frame.header, camera, self.model_id))
+        self._publish_annotated(frame, answer)
+
+    def _publish_annotated(self, frame: Frame, answer) -> None:
+        # Drawing costs a frame copy and some text rendering: only when someone looks.
+        pub = self.annotated_pub
+        if pub is not None and pub.get_subscription_count() > 0:
+            pub.publish(rgb_to_image_msg(draw_answer(frame.rgb, answer.text, answer.boxes), frame.header))
+
+    def _publish_annotated_answer(self, job: Job) -> None:
+        self._publish_annotated(job.frame, job.answer)
+
+    # -- questions -------------------------------------------------------------------------------
+    def _job_from(self, request) -> Job:
+        """A Job for a service request or action goal; raises VLMError/ValueError with the reason."""
+        if self._state != "active" or self.worker is None:
+            raise VLMError(f"node is {self._state}, not active")
+        question = request.question.strip()
+        if not question:
+            raise VLMError("question is empty")
+        now = time.monotonic()
+        if len(request.image.data):
+            frame, camera = Frame(image_to_rgb(request.image), request.image.header, now), ""
+        elif len(request.compressed_image.data):
+            frame, camera = Frame(compressed_to_rgb(request.compressed_image), request.compressed_image.header, now), ""
+        else:
+            cameras = self._p("cameras")
+            camera = request.camera or cameras[0]
+            if camera not in cameras:
+                raise VLMError(f"unknown camera '{camera}'; cameras: {', '.join(cameras)}")
+            frame = self.worker.latest(camera)
+            if frame is None:
+                raise VLMError(f"no frame from camera '{camera}' yet")
+        params = self._generation_params(request.max_new_tokens, request.temperature)
+        return Job(frame=frame, camera=camera, question=question, params=params)
+
+    def _busy(self) -> str:
+        return (f"busy: {self.worker.queue_length()} question(s) already waiting (max_queue "
+                f"{self.worker.max_queue}); try again later")
+
+    def _serve_ask(self, request, response):
+        try:
+            job = self._job_from(request)
+        except (VLMError, ValueError) as e:
+            response.success, response.error = False, str(e)
+            return response
+        if not self.worker.submit(job):
+            response.success, response.error = False, self._busy()
+            return response
+        job.done.wait(ANSWER_TIMEOUT_S)
+        return self._fill(response, job)
+
+    def _fill(self, out, job: Job):
+        if job.answer is not None:
+            out.answer = answer_msg(job.answer, job.frame.header, job.camera, self.model_id)
+        out.success = job.answer is not None and not job.error
+        out.error = job.error or ("" if job.done.is_set() else "timed out")
+        return out
+
+    def _execute_ask(self, goal_handle):
+        result = AskAction.Result()
+        try:
+            job = self._job_from(goal_handle.request)
+        except (VLMError, ValueError) as e:
+            goal_handle.abort()
+            result.success, result.error = False, str(e)
+            return result
+        job.on_text = lambda text, n: goal_handle.publish_feedback(AskAction.Feedback(text=text, tokens=n))
+        key = bytes(goal_handle.goal_id.uuid)
+        with self._goals_lock:
+            self._goals[key] = job
+        try:
+            if goal_handle.is_cancel_requested:
+                job.cancel.set()
+            if not self.worker.submit(job):
+                goal_handle.abort()
+                result.success, result.error = False, self._busy()
+                return result
+            job.done.wait(ANSWER_TIMEOUT_S)
+        finally:
+            with self._goals_lock:
+                self._goals.pop(key, None)
+        self._fill(result, job)
+        if job.cancel.is_set():
+            goal_handle.canceled()
+            result.success, result.error = False, "cancelled"
+        elif result.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _cancel_ask(self, goal_handle) -> CancelResponse:
+        with self._goals_lock:
+            job = self._goals.get(bytes(goal_handle.goal_id.uuid))
+        if job is not None:
+            job.cancel.set()  # the worker stops before its next token
+        return CancelResponse.ACCEPT
+
+    # -- diagnostics -------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        w = self.worker
+        if w is None or self.diag_pub is None:
+            return
+        values = {"engine": self.vlm.manifest.dir, "model": self.model_id, "backend": self.vlm.backend,
+                  "precision": self.vlm.manifest.precision, "questions_answered": w.answers,
+                  "questions_refused_busy": w.busy_refusals, "questions_waiting": w.queue_length()}
+        stale = []
+        for cam, st in w.snapshot():
+            values.update({f"{cam}.frames_received": st.received, f"{cam}.frames_dropped": st.dropped,
+                           f"{cam}.frames_refused": st.refused, f"{cam}.captions": st.captions})
+            if st.received == 0:
+                stale.append(cam)
+        if w.last is not None:
+            t = w.last.timings
+            values.update({"last_latency_s": f"{t.total_s:.3f}", "last_decode_tokens_per_s": f"{t.decode_tokens_per_s:.1f}",
+                           "last_vision_s": f"{t.vision_s:.3f}", "last_prefill_s": f"{t.prefill_s:.3f}"})
+        level, message = DiagnosticStatus.OK, "running"
+        if stale:
+            level, message = DiagnosticStatus.WARN, f"no frames yet from {', '.join(stale)}"
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: inference", message=message,
+                                  hardware_id=self.vlm.backend,
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+
+def main(argv=None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = VLMNode()
+    if node.get_parameter("autostart").value:
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+    # A waiting question holds an executor thread: room for the largest queue plus the callbacks.
+    executor = MultiThreadedExecutor(num_threads=P.BY_NAME["max_queue"].range[1] + 4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node.worker is not None:
+            node.worker.stop()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
