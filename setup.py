@@ -8,6 +8,11 @@ setup(
     description="MobileVLM (V1/V2) on a robot: ONNX Runtime / TensorRT engines, captions and grounded answers",
     license="Apache-2.0",
     packages=find_packages(include=["mobilevlm_ros", "mobilevlm_ros.*"]),
+    # Explicit root: makes `pip install -e .` a plain path entry (the repository root on sys.path)
+    # instead of setuptools' import-hook finder. The interfaces that `make setup` generates live in
+    # the venv's site-packages/mobilevlm_ros, and our __init__.py joins the two folders with
+    # pkgutil.extend_path, which only sees folders on sys.path.
+    package_dir={"": "."},
     python_requires=">=3.10",
     # Robot side: no torch. onnxruntime comes from an extra because Jetson uses NVIDIA's onnxruntime-gpu wheel.
     install_requires=["numpy>=1.24", "sentencepiece>=0.2", "pillow>=10", "opencv-python-headless>=4.8", "psutil>=5"],
@@ -33,6 +38,8 @@ setup(
             "mobilevlm-export = mobilevlm_ros.tools.export_cli:main",
             "mobilevlm-caption = mobilevlm_ros.tools.caption:main",
             "mobilevlm-bench = mobilevlm_ros.tools.bench:main",
+            "mobilevlm-replay = mobilevlm_ros.tools.replay:main",
+            "vlm_node = mobilevlm_ros.node:main",
         ]
     },
 )

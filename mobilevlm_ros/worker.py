@@ -104,9 +104,10 @@ class Worker:
             return self._frames.get(camera)
 
     def submit(self, job: Job) -> bool:
-        """Queue a question; False (and nothing queued) when the queue is full."""
+        """Queue a question; False (and nothing queued) when `max_queue` questions already wait."""
         with self._cv:
-            if len(self._asks) >= self.max_queue:
+            waiting = len(self._asks) + (self.current is not None)  # the one being answered waits for none
+            if waiting > self.max_queue:
                 self.busy_refusals += 1
                 return False
             job.queued_s = time.monotonic()
@@ -144,7 +145,8 @@ class Worker:
         with self._cv:
             while self._running:
                 if self._asks:
-                    return ("ask", self._asks.popleft())
+                    self.current = self._asks.popleft()
+                    return ("ask", self.current)
                 wait = 0.5
                 if self.caption_rate_hz > 0:
                     now, period = time.monotonic(), 1.0 / self.caption_rate_hz
@@ -182,8 +184,9 @@ class Worker:
         self.on_caption(camera, frame, answer)
 
     def _answer(self, job: Job) -> None:
-        self.current = job
         try:
+            if job.cancel.is_set():  # cancelled while it waited
+                raise VLMError("cancelled before it started")
             queue_s = time.monotonic() - job.queued_s
             request = self.vlm.start(job.frame.rgb, job.question, job.params, cancel=job.cancel)
             text, tokens = "", 0
@@ -202,7 +205,8 @@ class Worker:
             job.error = f"inference failed: {type(e).__name__}: {e}"
             self.log_error(job.error)
         finally:
-            self.current = None
+            with self._cv:
+                self.current = None
             job.done.set()
         if self.on_answer is not None and job.answer is not None:
             self.on_answer(job)

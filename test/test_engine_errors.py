@@ -145,3 +145,22 @@ def test_caption_cli_json(tmp_path, engines):
     out = json.loads(r.stdout)
     assert out["image_size"] == [64, 48]
     assert out["timings"]["new_tokens"] <= 5 and "boxes" in out and isinstance(out["text"], str)
+
+
+def test_execution_providers_follow_target_and_what_is_installed(monkeypatch):
+    from mobilevlm_ros.runtime import sessions
+
+    monkeypatch.setattr(sessions.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert sessions.choose_providers("cpu") == ["CPUExecutionProvider"]
+    assert sessions.choose_providers("cuda") == ["CPUExecutionProvider"]  # a CUDA engine still runs on CPU
+    with pytest.raises(EngineError, match="backend 'cuda' requested but onnxruntime offers only CPUExecutionProvider"):
+        sessions.choose_providers("cpu", "cuda")
+    with pytest.raises(EngineError, match="backend 'npu'"):
+        sessions.choose_providers("cpu", "npu")
+    monkeypatch.setattr(sessions.ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    chosen = sessions.choose_providers("cuda", cache_dir="/tmp/trt")
+    assert [p if isinstance(p, str) else p[0] for p in chosen] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert chosen[0][1]["trt_engine_cache_path"] == "/tmp/trt"
+    assert sessions.choose_providers("cuda", "cpu") == ["CPUExecutionProvider"]

@@ -225,7 +225,7 @@ def test_cancel_stops_within_a_token_and_busy_refusal(harness, engine):
     decoder = h.node.vlm.decoder
     original = decoder.run
     decoder.run = lambda e: (time.sleep(0.02), original(e))[1]
-    handle, feedback = _send_goal(h, question="Tell a long story.", max_new_tokens=400, temperature=1.0)
+    handle, feedback = _send_goal(h, question="Tell a long story.", max_new_tokens=300, temperature=1.0)
     wait_for(lambda: feedback, what="first feedback")
 
     busy = h.ask(question="Anything?")  # the queue holds 0 waiting questions: refused at once
@@ -252,8 +252,9 @@ def test_bad_frames_are_refused_and_the_next_good_frame_is_served(harness):
         Image(height=4, width=4, encoding="rgb8", step=5, data=bytes(48)),  # step shorter than a row
         Image(height=0, width=4, encoding="rgb8", step=12, data=b""),
     ]
-    for m in bad:
+    for m in bad:  # spaced out: with qos_depth 1 a burst would be cut to its last frame in transit
         h.publish("front", m)
+        time.sleep(0.1)
     good = image_msg(frame(7), stamp_s=4242)
     time.sleep(0.2)
     h.publish("front", good)

@@ -131,15 +131,16 @@ class VLM:
             self.decoder.run(self._embed_ids(head))
             self._cached_head = head
             timings.prefill_tokens += len(head)
-        if image_embeds is not None:
+        if image_embeds is not None:  # image and question in one run: one pass over the weights
             self._cached_image = None
             self.decoder.rewind(len(head))
-            self.decoder.run(image_embeds)
+            logits = self.decoder.run(np.concatenate([image_embeds, self._embed_ids(tail)]))
             self._cached_image = key
-            timings.prefill_tokens += n_image
-        self.decoder.rewind(len(head) + n_image)
-        logits = self.decoder.run(self._embed_ids(tail))
-        timings.prefill_tokens += len(tail)
+            timings.prefill_tokens += n_image + len(tail)
+        else:
+            self.decoder.rewind(len(head) + n_image)
+            logits = self.decoder.run(self._embed_ids(tail))
+            timings.prefill_tokens += len(tail)
         timings.prefill_s = time.perf_counter() - t0
 
         answer = Answer(text="", prompt=question, timings=timings, image_size=(rgb.shape[1], rgb.shape[0]))
