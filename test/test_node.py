@@ -342,3 +342,22 @@ def test_lifecycle_bad_engine_then_good_then_cleanup(harness, engine, tmp_path):
     assert "not active" in h.ask(question="ok?").error
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert node.vlm is None and node.worker is None  # the engine is freed
+
+
+def test_annotated_frames_only_while_someone_subscribes(harness, monkeypatch):
+    import mobilevlm_ros.node as node_module
+
+    calls = []
+    real_draw = node_module.draw_answer
+    monkeypatch.setattr(node_module, "draw_answer", lambda *a: calls.append(1) or real_draw(*a))
+    h = harness().start()
+    rgb = frame(12, w=72, h=40)
+    assert h.ask(question="What is it?", image=image_msg(rgb, stamp_s=5)).success
+    assert calls == []  # nobody listens: nothing drawn
+    got = []
+    h.client.create_subscription(Image, "/vlm/annotated", got.append, 5)
+    wait_for(lambda: h.node.annotated_pub.get_subscription_count() > 0, what="annotated subscriber")
+    assert h.ask(question="What is it?", image=image_msg(rgb, stamp_s=6)).success
+    wait_for(lambda: got, what="an annotated frame")
+    assert (got[0].width, got[0].height, got[0].encoding, got[0].header.stamp.sec) == (72, 40, "rgb8", 6)
+    assert calls == [1]
