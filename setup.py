@@ -39,6 +39,7 @@ setup(
             "mobilevlm-caption = mobilevlm_ros.tools.caption:main",
             "mobilevlm-bench = mobilevlm_ros.tools.bench:main",
             "mobilevlm-replay = mobilevlm_ros.tools.replay:main",
+            "mobilevlm-demo-bag = mobilevlm_ros.tools.demo_bag:main",
             "vlm_node = mobilevlm_ros.node:main",
         ]
     },
