@@ -44,11 +44,13 @@ interfaces: $(ROS_STAMP)
 	bash scripts/setup_ros.sh interfaces $(VENV)
 	touch $(IFACE_STAMP)
 
-# The main job (until the demo model exists: a synthetic tiny engine, random weights).
+# The main job: the demo bag replayed through the VLM node on the demo engine; captions and
+# answers print as they come; annotated frames go to $(BUILD)/demo_annotated.png, outputs to a bag.
+DEMO_ENGINE ?= engines/demo
 demo: setup
-	test -f $(BUILD)/engines/tiny/manifest.json || $(PY) -m mobilevlm_ros.tools.export_cli --synthetic tiny --precision fp32 --out $(BUILD)/engines/tiny
-	$(PY) -m mobilevlm_ros.tools.demo_image $(BUILD)/demo.png
-	$(PY) -m mobilevlm_ros.tools.caption $(BUILD)/engines/tiny $(BUILD)/demo.png --max-tokens 24 --json
+	$(PY) -m mobilevlm_ros.tools.replay test/fixtures/demo_bag --engine $(DEMO_ENGINE) --rate 1 \
+		--out $(BUILD)/demo_out --overwrite --frames-png $(BUILD)/demo_annotated.png
+	@echo "annotated frames: $(BUILD)/demo_annotated.png   output bag: $(BUILD)/demo_out"
 
 test: setup
 	$(PY) -m pytest -q test

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -302,6 +304,7 @@ def main(argv=None) -> int:
     p.add_argument("--frames-png", metavar="PNG", help="write the annotated frames as one strip image")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--compare", metavar="EXPECTED_BAG", help="compare with an earlier run; exit 1 past tolerance")
     p.add_argument("--min-iou", type=float, default=0.5, help="--compare: lowest acceptable box IoU")
     p.add_argument("--max-text-changes", type=int, default=0, help="--compare: text changes tolerated")
@@ -309,6 +312,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.rate < 0:
         p.error("--rate must be >= 0")
+    if os.path.exists(a.out):
+        if not a.overwrite:
+            print(f"mobilevlm-replay: error: {a.out} exists (use --overwrite to replace it)", file=sys.stderr)
+            return 1
+        shutil.rmtree(a.out)
     try:
         summary = replay(a.bag, a.out, a.engine, a.rate, a.questions, a.annotated or bool(a.frames_png),
                          a.max_new_tokens, a.storage, quiet=a.json)
