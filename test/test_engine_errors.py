@@ -164,3 +164,10 @@ def test_execution_providers_follow_target_and_what_is_installed(monkeypatch):
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert chosen[0][1]["trt_engine_cache_path"] == "/tmp/trt"
     assert sessions.choose_providers("cuda", "cpu") == ["CPUExecutionProvider"]
+
+
+def test_export_refuses_fp16_for_cpu(checkpoints, tmp_path):
+    from mobilevlm_ros.model.export import export
+
+    with pytest.raises(ValueError, match="fp16 engines are for --target cuda"):
+        export(checkpoints("tiny"), str(tmp_path / "e"), "fp16", "cpu", log=lambda s: None)
