@@ -107,3 +107,12 @@ def test_sampling_is_seeded_and_top_p_keeps_the_nucleus():
 def test_bad_parameters_are_refused(kw):
     with pytest.raises(ValueError):
         GenerationParams(**kw).validate()
+
+
+def test_iterating_again_continues_the_same_loop(tok):
+    ids = tok.encode("one two three four", add_bos=False)
+    g, dec = _gen(tok, ids + [tok.eos_id], max_new_tokens=50)
+    first = next(iter(g))
+    rest = list(g)
+    assert first + "".join(rest) == g.text == "one two three four"
+    assert g.token_ids == ids and dec.calls == len(ids)

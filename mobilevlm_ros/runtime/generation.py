@@ -94,8 +94,15 @@ class Generation:
         self.text = ""
         self.finish_reason = ""
         self.decode_s = 0.0
+        self._loop: Optional[Iterator[str]] = None
 
     def __iter__(self) -> Iterator[str]:
+        # One loop per Generation: iterating again continues it, never restarts it.
+        if self._loop is None:
+            self._loop = self._run()
+        return self._loop
+
+    def _run(self) -> Iterator[str]:
         p, stops, eos = self.params, [s for s in self.params.stop if s], self.tokenizer.eos_id
         emitted = 0
         for i in range(p.max_new_tokens):
