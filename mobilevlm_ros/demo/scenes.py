@@ -155,6 +155,18 @@ def make_scene(seed: int, width: int = 320, height: int = 240, n_objects: Option
     return Scene(np.ascontiguousarray(img), [objects[i] for i in perm], width, height, remap[instances])
 
 
+# Frame sizes of sample_scene: mostly the camera default, some portrait / larger / square frames.
+FRAME_SIZES = ((320, 240), (320, 240), (320, 240), (240, 320), (400, 300), (320, 320))
+
+
+def sample_scene(seed: int, max_objects: int = MAX_OBJECTS) -> Scene:
+    """The scene the trainer and the evaluation use for `seed`: frame size and object count drawn from it too."""
+    rng = np.random.default_rng(seed + 777_000_000)
+    n = int(rng.integers(1, max_objects + 1))
+    w, h = FRAME_SIZES[int(rng.integers(len(FRAME_SIZES)))]
+    return make_scene(seed, w, h, n_objects=n)
+
+
 # --- questions and answers ----------------------------------------------------------------------
 
 def caption_question() -> str:
