@@ -267,6 +267,8 @@ class VLMNode(LifecycleNode):
         return self._fill(response, job)
 
     def _fill(self, out, job: Job):
+        if not job.done.is_set():
+            job.cancel.set()  # nobody will read it any more: stop spending the worker on it
         if job.answer is not None:
             out.answer = answer_msg(job.answer, job.frame.header, job.camera, self.model_id)
         out.success = job.answer is not None and not job.error
