@@ -69,3 +69,23 @@ def test_request_maps_answer_boxes_to_source_pixels():
     b = answer.boxes[0]
     assert [round(v, 3) for v in (b.x1, b.y1, b.x2, b.y2)] == [40, 40, 120, 120]
     assert b.phrase == "the cup" and answer.finish_reason == "eos" and answer.timings.new_tokens == 2
+
+
+def test_runtime_runs_without_torch_or_ros(engines):
+    """Robot side: the runtime and the caption tool import neither torch, transformers nor rclpy."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'transformers', 'rclpy'):\n"
+        "    sys.modules[name] = None  # any import of them now fails\n"
+        "import numpy as np\n"
+        "from mobilevlm_ros.runtime.vlm import VLM\n"
+        "from mobilevlm_ros.tools import caption\n"
+        f"a = VLM({engines('tiny', 'fp32')!r}, threads=1).describe(np.zeros((30, 40, 3), np.uint8))\n"
+        "print('ok', a.timings.new_tokens > 0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok True"
