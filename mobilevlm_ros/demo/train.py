@@ -231,44 +231,95 @@ def rescale_projector(model: MobileVLM, target_std: float, pixels: torch.Tensor)
 
 # --- sequences ----------------------------------------------------------------------------------
 
-def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_embeds: torch.Tensor, seed: int):
-    """inputs_embeds (B, L, H) = [head | image | turn 1 | turn 2 ...] (right-padded), and labels.
+# Loss weight of one answer (spread over its tokens): every question counts, boxes count double.
+TASK_WEIGHT = {"caption": 1.0, "count": 1.0, "ground": 2.0, "colour": 1.0, "yesno": 1.0}
 
-    Every image's questions go into one v1 multi-turn conversation ("... ASSISTANT: a1</s>USER: q2
-    ASSISTANT: a2</s>...", as LLaVA trains), in a random order, so [head | image] is computed once
-    per image instead of once per question: about twice the sequences per second on the CPU. The
-    first turn is exactly the single-question prompt the runtime builds.
+
+def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_embeds: torch.Tensor, seed: int):
+    """All questions about one image packed in one row: [head | image | turn 1 | turn 2 ...].
+
+    Each turn is exactly the runtime's single-question prompt ("\n{q} ASSISTANT:" + answer + EOS):
+    a block mask lets it see [head | image] and itself only, and its positions restart after the
+    image, so a row is mathematically the same as separate sequences while [head | image] is
+    computed once per image (about twice the questions per second on the CPU).
+    Returns inputs_embeds (B, L, H), labels (B, L), per-position loss weights (B, L), the 4D float
+    attention mask (B, 1, L, L) and position ids (B, L).
     """
     rng = np.random.default_rng(seed)
     table = model.llm.get_input_embeddings()
+    n_head, n_img = len(codec.head), image_embeds.shape[1]
+    n_pre = n_head + n_img
     rows = []
     for s in samples:
-        toks, targets = [], []
+        turns = []
         for j in rng.permutation(len(s["qa"])):
-            _, q, a = s["qa"][j]
-            qi = codec.question(q) if not toks else codec.later_question(q)
-            ai = codec.answer(a)
-            toks += qi + ai
-            targets += [-100] * len(qi) + ai
-        rows.append((toks, targets))
-    n_head, n_img = len(codec.head), image_embeds.shape[1]
-    tail_len = max(len(t) for t, _ in rows)
+            kind, q, a = s["qa"][j]
+            turns.append((codec.question(q), codec.answer(a), TASK_WEIGHT[kind]))
+        rows.append(turns)
+    tail_len = max(sum(len(q) + len(a) for q, a, _ in t) for t in rows)
+    L = n_pre + tail_len
     tail = torch.zeros(len(rows), tail_len, dtype=torch.long)
-    labels = torch.full((len(rows), n_head + n_img + tail_len), -100, dtype=torch.long)
-    for r, (t, y) in enumerate(rows):
-        tail[r, :len(t)] = torch.tensor(t)
-        # The logit at position p predicts token p + 1.
-        labels[r, n_head + n_img - 1:n_head + n_img - 1 + len(y)] = torch.tensor(y)
+    labels = torch.full((len(rows), L), -100, dtype=torch.long)
+    weights = torch.zeros(len(rows), L)
+    allow = torch.zeros(len(rows), L, L, dtype=torch.bool)
+    allow[:, :, :n_pre] = True
+    allow[:, :n_pre, :n_pre] = torch.tril(torch.ones(n_pre, n_pre, dtype=torch.bool))
+    pos = torch.arange(L).repeat(len(rows), 1)
+    for r, turns in enumerate(rows):
+        at = 0
+        for q, a, w in turns:
+            seq = q + a
+            n = len(seq)
+            tail[r, at:at + n] = torch.tensor(seq)
+            p0 = n_pre + at
+            allow[r, p0:p0 + n, p0:p0 + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            pos[r, p0:p0 + n] = torch.arange(n_pre, n_pre + n)
+            # The logit at position p predicts token p + 1: answer tokens from the one before each.
+            start = p0 + len(q) - 1
+            labels[r, start:start + len(a)] = torch.tensor(a)
+            weights[r, start:start + len(a)] = w / len(a)
+            at += n
+    mask = torch.zeros(len(rows), 1, L, L).masked_fill(~allow[:, None], float("-inf"))
     head = table(torch.tensor(codec.head)).unsqueeze(0).expand(len(rows), -1, -1)
     embeds = torch.cat([head, image_embeds, table(tail)], dim=1)
-    return embeds, labels
+    return embeds, labels, weights, mask, pos
 
 
-def lm_loss(model: MobileVLM, embeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    hidden = model.llm.model(inputs_embeds=embeds).last_hidden_state
+def lm_loss(model: MobileVLM, embeds, labels, weights, mask, pos) -> torch.Tensor:
+    hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).last_hidden_state
     sel = labels != -100
     logits = model.llm.lm_head(hidden[sel])
-    return F.cross_entropy(logits, labels[sel])
+    ce = F.cross_entropy(logits, labels[sel], reduction="none")
+    return (ce * weights[sel]).sum() / weights[sel].sum()
+
+
+def word_ids(codec: TextCodec, words) -> List[int]:
+    """The single token each answer word is written with ("▁red")."""
+    out = []
+    for w in words:
+        ids = codec.tok.encode(f"a {w}", add_bos=False)[1:]
+        if len(ids) != 1:
+            raise ValueError(f"{w!r} is not one token in the demo vocabulary: {ids}")
+        out.append(ids[0])
+    return out
+
+
+def word_alignment_loss(tokens: torch.Tensor, table: torch.Tensor, tok_frac: torch.Tensor,
+                        colour_ids: List[int], shape_ids: List[int]) -> torch.Tensor:
+    """Image tokens covered by an object point (cosine) towards the embeddings of its colour and shape words.
+
+    The language model then finds "red" in the image the way it finds a repeated word in text.
+    """
+    frac, cls = tok_frac[..., 1:].max(-1)  # dominant object class of each token (0..11)
+    sel = frac >= 0.25
+    if not sel.any():
+        return tokens.sum() * 0
+    t = F.normalize(tokens[sel], dim=-1)
+    cls = cls[sel]
+    n_shapes = len(S.SHAPES)
+    lc = t @ F.normalize(table[colour_ids], dim=-1).T * 10
+    ls = t @ F.normalize(table[shape_ids], dim=-1).T * 10
+    return F.cross_entropy(lc, cls // n_shapes) + F.cross_entropy(ls, cls % n_shapes)
 
 
 # --- quick evaluation (PyTorch, greedy) ---------------------------------------------------------
@@ -385,6 +436,8 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
     with torch.no_grad():  # text embeddings at the scale the projector output is brought to
         model.llm.get_input_embeddings().weight.normal_(0.0, 0.05)
     heads = DenseHeads(vision["hidden_size"], llm["hidden_size"])
+    table = model.llm.get_input_embeddings()
+    colour_ids, shape_ids = word_ids(codec, S.COLOURS), word_ids(codec, S.SHAPES)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters; {model.config.num_image_tokens} image tokens")
 
@@ -422,6 +475,7 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
         _set_lr(opt, step, vision_steps if vision_steps < 10 ** 9 else 1000, 50)
         feats, toks = vision_features(model, b["pixels"])
         parts = heads.loss(feats, toks, b)
+        parts["words"] = word_alignment_loss(toks, table.weight, b["tok_frac"], colour_ids, shape_ids)
         loss = sum(parts.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -453,7 +507,13 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
     budget_b = minutes * 60 - (time.time() - t_start) - 60
     auto = not steps
     total = steps or 10 ** 9
-    curriculum = lambda i: 2 if i < 0.2 * (total if total < 10 ** 9 else 2000) else S.MAX_OBJECTS
+
+    def curriculum(i: int) -> int:
+        """Most objects per scene for batch i: 1 for the first 10 % of phase B, then 2, 3, and 4 from 40 %."""
+        if total >= 10 ** 9:  # step count not fixed yet (the first timed steps): the first stage
+            return 1
+        return 1 if i < 0.1 * total else 2 if i < 0.25 * total else 3 if i < 0.4 * total else S.MAX_OBJECTS
+
     it = batches(1_000_000, batch, curriculum, True)
     t_phase, step, last_eval, last_save, best = time.time(), 0, time.time(), time.time(), -1.0
     ema = None
@@ -463,8 +523,9 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
         _set_lr(opt, step, total if total < 10 ** 9 else 2000, 100)
         feats, toks = vision_features(model, b["pixels"])
         parts = heads.loss(feats, toks, b)
-        embeds, labels = build_batch(model, codec, samples, toks, seed * 1_000_003 + step)
-        l_lm = lm_loss(model, embeds, labels)
+        parts["words"] = word_alignment_loss(toks, table.weight, b["tok_frac"], colour_ids, shape_ids)
+        embeds, labels, weights, mask, pos = build_batch(model, codec, samples, toks, seed * 1_000_003 + step)
+        l_lm = lm_loss(model, embeds, labels, weights, mask, pos)
         loss = l_lm + 0.3 * sum(parts.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
