@@ -136,3 +136,10 @@ def test_find_boxes_default_phrase_and_padding_only_dropped():
 def test_to_pixel_box_rejects_wrong_length():
     with pytest.raises(ValueError):
         to_pixel_box([0.1, 0.2, 0.3], 100, 100)
+
+
+def test_grounding_phrase_round_trip():
+    from mobilevlm_ros.runtime.grounding import grounding_phrase
+
+    assert grounding_phrase(grounding_prompt("the red cup")) == "the red cup"
+    assert grounding_phrase("How many objects are there?") == ""

@@ -414,7 +414,14 @@ class Log:
 
 def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0, smoke: bool = False,
           seed: int = 0, vision_batch: int = 32, batch: int = 8, eval_every_s: float = 480.0,
-          save_every_s: float = 300.0, workers: int = 1, log_path: Optional[str] = None) -> str:
+          save_every_s: float = 300.0, workers: int = 1, log_path: Optional[str] = None,
+          init: Optional[str] = None, lr_scale: float = 1.0) -> str:
+    """Train; returns the final checkpoint folder (OUT/last).
+
+    init: continue from a checkpoint this trainer wrote (phase A and the curriculum are skipped,
+    the dense heads, which checkpoints do not hold, are left out; scene seeds start at 2_000_000
+    so the continuation sees new scenes). lr_scale multiplies every peak learning rate.
+    """
     torch.set_num_threads(2)
     torch.manual_seed(seed)
     os.makedirs(out, exist_ok=True)
@@ -426,7 +433,10 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
 
     # Tokenizer on the demo's own text.
     tok_path = os.path.join(out, "tokenizer.model")
-    train_tokenizer(tok_path, demo_corpus(300 if smoke else 3000), vocab_size=llm["vocab_size"], seed=seed)
+    if init:
+        shutil.copy(os.path.join(init, "tokenizer.model"), tok_path)
+    else:
+        train_tokenizer(tok_path, demo_corpus(300 if smoke else 3000), vocab_size=llm["vocab_size"], seed=seed)
     codec = TextCodec(tok_path)
     log(f"tokenizer: head {len(codec.head)} tokens; sample answer "
         f"{codec.tok._sp.encode('[0.48, 0.12, 0.76, 0.40]', out_type=str)}")
@@ -435,6 +445,11 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
     model = MobileVLM(MobileVLMConfig.from_dict(raw, vision), attn_implementation="sdpa")
     with torch.no_grad():  # text embeddings at the scale the projector output is brought to
         model.llm.get_input_embeddings().weight.normal_(0.0, 0.05)
+    if init:
+        from ..model.loader import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(init).state_dict())
+        vision_steps = -1
     heads = DenseHeads(vision["hidden_size"], llm["hidden_size"])
     table = model.llm.get_input_embeddings()
     colour_ids, shape_ids = word_ids(codec, S.COLOURS), word_ids(codec, S.SHAPES)
@@ -459,12 +474,12 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
                 i += 1
             yield pending.pop(0).get()
 
-    info = dict(seed=seed, smoke=smoke, vision=vision, llm=llm, select_layer=SELECT_LAYER)
+    info = dict(seed=seed, smoke=smoke, vision=vision, llm=llm, select_layer=SELECT_LAYER, init=init, lr_scale=lr_scale)
     t_start = time.time()
 
     # --- phase A: vision from dense targets ---
     vparams = list(model.vision.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW([dict(params=vparams, peak=2e-3)], weight_decay=0.01, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([dict(params=vparams, peak=2e-3 * lr_scale)], weight_decay=0.01, betas=(0.9, 0.98))
     budget_a = minutes * 60 * 0.15
     if not vision_steps:  # time 10 steps, then fix the count
         vision_steps = 10 ** 9
@@ -493,16 +508,20 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
         pool = mp.get_context("fork").Pool(workers)
     info.update(vision_steps=vision_steps, vision_batch=vision_batch, vision_minutes=round((time.time() - t_phase) / 60, 2))
 
+    if init:
+        vision_steps = 0
     probe = torch.from_numpy(np.stack([scene_sample(VAL_SEED + 500 + i, size, patch, with_text=False)["pixels"]
                                        for i in range(8)]))
-    before = rescale_projector(model, 0.05, probe)
-    log(f"projector output std {before:.3f} -> 0.05 (text embedding std 0.05)")
+    if not init:
+        before = rescale_projector(model, 0.05, probe)
+        log(f"projector output std {before:.3f} -> 0.05 (text embedding std 0.05)")
 
     # --- phase B: the VLM ---
     tower = list(model.vision.tower.parameters())
     proj = list(model.vision.projector.parameters())
-    groups = [dict(params=tower, peak=3e-4), dict(params=proj, peak=1e-3),
-              dict(params=list(model.llm.parameters()), peak=2e-3), dict(params=list(heads.parameters()), peak=1e-3)]
+    groups = [dict(params=tower, peak=3e-4 * lr_scale), dict(params=proj, peak=1e-3 * lr_scale),
+              dict(params=list(model.llm.parameters()), peak=2e-3 * lr_scale),
+              dict(params=list(heads.parameters()), peak=1e-3 * lr_scale)]
     opt = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
     budget_b = minutes * 60 - (time.time() - t_start) - 60
     auto = not steps
@@ -510,11 +529,13 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
 
     def curriculum(i: int) -> int:
         """Most objects per scene for batch i: 1 for the first 10 % of phase B, then 2, 3, and 4 from 40 %."""
+        if init:
+            return S.MAX_OBJECTS
         if total >= 10 ** 9:  # step count not fixed yet (the first timed steps): the first stage
             return 1
         return 1 if i < 0.1 * total else 2 if i < 0.25 * total else 3 if i < 0.4 * total else S.MAX_OBJECTS
 
-    it = batches(1_000_000, batch, curriculum, True)
+    it = batches(2_000_000 if init else 1_000_000, batch, curriculum, True)
     t_phase, step, last_eval, last_save, best = time.time(), 0, time.time(), time.time(), -1.0
     ema = None
     while step < total:
@@ -526,7 +547,8 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
         parts["words"] = word_alignment_loss(toks, table.weight, b["tok_frac"], colour_ids, shape_ids)
         embeds, labels, weights, mask, pos = build_batch(model, codec, samples, toks, seed * 1_000_003 + step)
         l_lm = lm_loss(model, embeds, labels, weights, mask, pos)
-        loss = l_lm + 0.3 * sum(parts.values())
+        # Continuing from a checkpoint, the dense heads start untrained: only the word alignment stays.
+        loss = l_lm + 0.3 * (parts["words"] if init else sum(parts.values()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -571,8 +593,11 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="scene-generating processes")
     p.add_argument("--smoke", action="store_true", help="a tiny model for a few steps (tests)")
+    p.add_argument("--init", help="continue from this checkpoint folder (skips phase A and the curriculum)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every peak learning rate")
     a = p.parse_args(argv)
-    train(a.out, a.minutes, a.vision_steps, a.steps, a.smoke, a.seed, workers=a.workers)
+    train(a.out, a.minutes, a.vision_steps, a.steps, a.smoke, a.seed, workers=a.workers, init=a.init,
+          lr_scale=a.lr_scale)
 
 
 if __name__ == "__main__":

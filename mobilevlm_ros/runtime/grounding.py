@@ -42,6 +42,14 @@ def grounding_prompt(phrase: str) -> str:
     return _QUESTION.format(phrase)
 
 
+def grounding_phrase(question: str) -> str:
+    """The phrase of a referring-expression question ("" for any other question), for labelling its box."""
+    prefix = _QUESTION.format("")
+    if not question.startswith(prefix):
+        return ""
+    return question[len(prefix):].strip().rstrip(".")
+
+
 def parse_boxes(text: str) -> List[Tuple[List[float], str]]:
     """All well-formed `[x1, y1, x2, y2]` boxes in `text`, each with the phrase just before it ("" if none).
 

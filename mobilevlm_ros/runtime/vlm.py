@@ -23,7 +23,7 @@ from . import manifest as mf
 from .engines import DecoderEngine, VisionEngine
 from .errors import EngineError, PromptError
 from .generation import Generation, GenerationParams
-from .grounding import find_boxes, grounding_prompt
+from .grounding import find_boxes, grounding_phrase, grounding_prompt
 from .image import CLIP_MEAN, CLIP_STD, preprocess
 from .prompt import DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, check_prompt_length, tokenize_prompt
 from .sessions import choose_providers, provider_names
@@ -143,6 +143,7 @@ class VLM:
             timings.prefill_tokens += len(tail)
         timings.prefill_s = time.perf_counter() - t0
 
+        default_phrase = default_phrase or grounding_phrase(question)
         answer = Answer(text="", prompt=question, timings=timings, image_size=(rgb.shape[1], rgb.shape[0]))
         generation = Generation(self.decoder, self.table, self.tokenizer, logits, params, cancel)
         return Request(generation, answer, (rgb.shape[1], rgb.shape[0]), default_phrase, t_start)
