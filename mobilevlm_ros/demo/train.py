@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from ..model.config import MobileVLMConfig
 from ..model.reference import MobileVLM
-from ..model.synthetic import _clip_config, _preprocessor_config, official_config
+from ..model.synthetic import _clip_config, _preprocessor_config, official_config, write_tokenizer_config
 from ..model.tokenizer_train import train_tokenizer
 from ..runtime.image import CLIP_MEAN, CLIP_STD, mean_fill, pad_geometry
 from ..runtime.prompt import SYSTEM_V1, build_prompt, tokenize_prompt
@@ -373,12 +373,7 @@ def save_checkpoint(model: MobileVLM, raw: dict, vision: dict, tokenizer_path: s
     with open(os.path.join(tmp, "clip", "preprocessor_config.json"), "w") as f:
         json.dump(_preprocessor_config(vision["image_size"]), f, indent=2)
     shutil.copy(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
-    with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                   "unk_token": "<unk>", "pad_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-                   "legacy": True, "model_max_length": raw["max_position_embeddings"]}, f, indent=2)
-    with open(os.path.join(tmp, "special_tokens_map.json"), "w") as f:
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}, f, indent=2)
+    write_tokenizer_config(tmp, raw["max_position_embeddings"])
     with open(os.path.join(tmp, "train_info.json"), "w") as f:
         json.dump(info, f, indent=2)
     shutil.rmtree(out, ignore_errors=True)

@@ -149,10 +149,15 @@ def write_synthetic(name: str, out: str, layout: str = "", weights_format: str =
             _save(tower_tensors, clip, "model" if weights_format != "bin" else "pytorch_model", weights_format)
 
     train_tokenizer(os.path.join(out, "tokenizer.model"), default_corpus(), vocab_size=raw["vocab_size"], seed=seed)
-    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+    write_tokenizer_config(out, raw["max_position_embeddings"])
+    return out
+
+
+def write_tokenizer_config(folder: str, max_length: int) -> None:
+    """tokenizer_config.json and special_tokens_map.json as LLaMA checkpoints carry them."""
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
                    "unk_token": "<unk>", "pad_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
-                   "legacy": True, "model_max_length": raw["max_position_embeddings"]}, f, indent=2)
-    with open(os.path.join(out, "special_tokens_map.json"), "w") as f:
+                   "legacy": True, "model_max_length": max_length}, f, indent=2)
+    with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
         json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}, f, indent=2)
-    return out
