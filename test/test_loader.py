@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -12,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from mobilevlm_ros.model.config import MobileVLMConfig
 from mobilevlm_ros.model.loader import load_checkpoint
-from mobilevlm_ros.model.synthetic import official_config, write_synthetic
+from mobilevlm_ros.model.synthetic import official_config
 from mobilevlm_ros.runtime.errors import CheckpointError
 
 TOWER = "model.vision_tower.vision_tower.vision_model."

@@ -41,7 +41,7 @@ from ..model.config import MobileVLMConfig
 from ..model.reference import MobileVLM
 from ..model.synthetic import _clip_config, _preprocessor_config, official_config, write_tokenizer_config
 from ..model.tokenizer_train import train_tokenizer
-from ..runtime.image import CLIP_MEAN, CLIP_STD, mean_fill, pad_geometry
+from ..runtime.image import pad_geometry
 from ..runtime.prompt import SYSTEM_V1, build_prompt, tokenize_prompt
 from ..runtime.tokenizer import Tokenizer
 from . import scenes as S
