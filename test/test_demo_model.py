@@ -83,7 +83,7 @@ def _hand_scene(width=320, height=240):
 def test_text_helpers_on_a_hand_made_scene():
     sc = _hand_scene()
     assert S.caption_question() == "Describe the image briefly."
-    assert S.caption_answer(sc) == "a red circle, a blue square and a red triangle"
+    assert S.caption_answer(sc) == "a red circle, a red triangle and a blue square"  # colour, then shape order
     assert S.caption_answer(S.Scene(sc.image, sc.objects[:2], 320, 240)) == "a red circle and a blue square"
     assert S.caption_answer(S.Scene(sc.image, sc.objects[:1], 320, 240)) == "a red circle"
     assert S.count_question() == "How many objects are there?" and S.count_answer(sc) == "3"

@@ -57,7 +57,7 @@ class Obj:
 @dataclass
 class Scene:
     image: np.ndarray  # H x W x 3 uint8 RGB
-    objects: List[Obj]  # left to right (by box centre x), the canonical order of captions
+    objects: List[Obj]  # left to right (by box centre x); instance ids follow this order
     width: int
     height: int
     # H x W uint8: 0 = background, i + 1 = objects[i] visible at that pixel (the dense ground truth).
@@ -179,11 +179,21 @@ def _join(names: List[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def caption_order(scene: Scene) -> List[Obj]:
+    """The objects in the order captions name them: by colour, then shape (COLOURS x SHAPES order).
+
+    A fixed vocabulary order, not left to right: listing a set asks the model only which objects
+    are there, not to sort them by position as well (left to right cost the demo model its
+    3- and 4-object captions).
+    """
+    return sorted(scene.objects, key=lambda o: (COLOURS.index(o.colour), SHAPES.index(o.shape)))
+
+
 def caption_answer(scene: Scene) -> str:
-    """'a red circle, a blue square and a green triangle' (left to right); 'nothing' when empty."""
+    """'a red circle, a green square and a blue triangle' (caption_order); 'nothing' when empty."""
     if not scene.objects:
         return "nothing"
-    return _join([f"a {o.name}" for o in scene.objects])
+    return _join([f"a {o.name}" for o in caption_order(scene)])
 
 
 def parse_caption(text: str) -> Counter:

@@ -96,6 +96,7 @@ def dense_targets(scene: S.Scene, size: int, patch: int) -> Dict[str, np.ndarray
     centre = np.zeros((tg, tg), np.float32)
     box = np.zeros((tg, tg, 4), np.float32)
     box_w = np.zeros((tg, tg), np.float32)
+    owner = np.zeros((tg, tg), np.int64)  # i + 1 where object i owns the image token, 0 elsewhere
     for i, o in enumerate(scene.objects):
         nb = np.asarray(S.normalized_box(scene, o), np.float32)
         cx, cy = (nb[0] + nb[2]) / 2, (nb[1] + nb[3]) / 2
@@ -107,8 +108,9 @@ def dense_targets(scene: S.Scene, size: int, patch: int) -> Dict[str, np.ndarray
         own[ty, tx] = True
         box[own] = nb
         box_w[own] = 1.0
+        owner[own] = i + 1
     return dict(patch_cls=patch_cls.reshape(-1), tok_frac=tok_frac.reshape(-1, N_CLASSES),
-                centre=centre.reshape(-1), box=box.reshape(-1, 4), box_w=box_w.reshape(-1))
+                centre=centre.reshape(-1), box=box.reshape(-1, 4), box_w=box_w.reshape(-1), owner=owner.reshape(-1))
 
 
 def scene_sample(seed: int, size: int, patch: int, max_objects: int = S.MAX_OBJECTS, with_text: bool = True) -> dict:
@@ -117,14 +119,14 @@ def scene_sample(seed: int, size: int, patch: int, max_objects: int = S.MAX_OBJE
     out = dict(scene=scene, pixels=_pixels(scene, size), **dense_targets(scene, size, patch))
     if with_text:
         qa = S.qa_pairs(scene, seed)
-        # A second grounding question (another object) when there is one: boxes need the most practice.
-        named = [o for o in scene.objects if S.referring_phrase(scene, o)]
+        # A grounding question for every nameable object: boxes need the most practice, and the
+        # packed row computes the image once for all of them.
         asked = {q for k, q, _ in qa if k == "ground"}
-        for o in named:
-            q = S.grounding_question(S.referring_phrase(scene, o))
-            if q not in asked:
+        for o in scene.objects:
+            phrase = S.referring_phrase(scene, o)
+            q = S.grounding_question(phrase) if phrase else None
+            if q and q not in asked:
                 qa.append(("ground", q, S.grounding_answer(scene, o)))
-                break
         out["qa"] = qa
     return out
 
@@ -135,7 +137,7 @@ def _batch_job(args):
 
 
 def collate_dense(samples: List[dict]) -> Dict[str, torch.Tensor]:
-    keys = ("pixels", "patch_cls", "tok_frac", "centre", "box", "box_w")
+    keys = ("pixels", "patch_cls", "tok_frac", "centre", "box", "box_w", "owner")
     return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in keys}
 
 
@@ -233,9 +235,36 @@ def rescale_projector(model: MobileVLM, target_std: float, pixels: torch.Tensor)
 
 # Loss weight of one answer (spread over its tokens): every question counts, boxes count double.
 TASK_WEIGHT = {"caption": 1.0, "count": 1.0, "ground": 2.0, "colour": 1.0, "yesno": 1.0}
+POINTER_WEIGHT = 0.3  # of pointer_loss next to the answer loss
 
 
-def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_embeds: torch.Tensor, seed: int):
+def looked_at(scene: S.Scene, kind: str, question: str, answer: List[int], colour_ids: List[int],
+              shape_ids: List[int]) -> List[tuple]:
+    """(answer token index, object index) pairs: the object the model should look at to write that token.
+
+    Every token of a box, colour or "Yes" answer is about the object its question names; in a
+    caption, the colour and shape words of each object (caption_order) are about that object.
+    """
+    if kind == "caption":
+        order = [scene.objects.index(o) for o in S.caption_order(scene)]
+        out, k = [], -1
+        for j, t in enumerate(answer):
+            if t in colour_ids:
+                k += 1
+            if (t in colour_ids or t in shape_ids) and 0 <= k < len(order):
+                out.append((j, order[k]))
+        return out
+    if kind == "colour":
+        hits = [i for i, o in enumerate(scene.objects) if f"the {o.shape}?" in question]
+    elif kind in ("ground", "yesno"):
+        hits = [i for i, o in enumerate(scene.objects) if o.name in question]
+    else:
+        hits = []
+    return [(j, hits[0]) for j in range(len(answer))] if len(hits) == 1 else []
+
+
+def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_embeds: torch.Tensor, seed: int,
+                word_ids_: tuple = ((), ())):
     """All questions about one image packed in one row: [head | image | turn 1 | turn 2 ...].
 
     Each turn is exactly the runtime's single-question prompt ("\n{q} ASSISTANT:" + answer + EOS):
@@ -243,7 +272,8 @@ def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_e
     image, so a row is mathematically the same as separate sequences while [head | image] is
     computed once per image (about twice the questions per second on the CPU).
     Returns inputs_embeds (B, L, H), labels (B, L), per-position loss weights (B, L), the 4D float
-    attention mask (B, 1, L, L) and position ids (B, L).
+    attention mask (B, 1, L, L), position ids (B, L), and the pointer targets (row, position,
+    object index) of `looked_at` as three long tensors.
     """
     rng = np.random.default_rng(seed)
     table = model.llm.get_input_embeddings()
@@ -254,9 +284,10 @@ def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_e
         turns = []
         for j in rng.permutation(len(s["qa"])):
             kind, q, a = s["qa"][j]
-            turns.append((codec.question(q), codec.answer(a), TASK_WEIGHT[kind]))
+            a_ids = codec.answer(a)
+            turns.append((codec.question(q), a_ids, TASK_WEIGHT[kind], looked_at(s["scene"], kind, q, a_ids, *word_ids_)))
         rows.append(turns)
-    tail_len = max(sum(len(q) + len(a) for q, a, _ in t) for t in rows)
+    tail_len = max(sum(len(q) + len(a) for q, a, _, _ in t) for t in rows)
     L = n_pre + tail_len
     tail = torch.zeros(len(rows), tail_len, dtype=torch.long)
     labels = torch.full((len(rows), L), -100, dtype=torch.long)
@@ -265,9 +296,10 @@ def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_e
     allow[:, :, :n_pre] = True
     allow[:, :n_pre, :n_pre] = torch.tril(torch.ones(n_pre, n_pre, dtype=torch.bool))
     pos = torch.arange(L).repeat(len(rows), 1)
+    pointer = []
     for r, turns in enumerate(rows):
         at = 0
-        for q, a, w in turns:
+        for q, a, w, look in turns:
             seq = q + a
             n = len(seq)
             tail[r, at:at + n] = torch.tensor(seq)
@@ -278,19 +310,59 @@ def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_e
             start = p0 + len(q) - 1
             labels[r, start:start + len(a)] = torch.tensor(a)
             weights[r, start:start + len(a)] = w / len(a)
+            pointer += [(r, start + j, obj) for j, obj in look]
             at += n
     mask = torch.zeros(len(rows), 1, L, L).masked_fill(~allow[:, None], float("-inf"))
     head = table(torch.tensor(codec.head)).unsqueeze(0).expand(len(rows), -1, -1)
     embeds = torch.cat([head, image_embeds, table(tail)], dim=1)
-    return embeds, labels, weights, mask, pos
+    pointer_t = tuple(torch.tensor(c, dtype=torch.long) for c in zip(*pointer)) if pointer else None
+    return embeds, labels, weights, mask, pos, pointer_t
 
 
-def lm_loss(model: MobileVLM, embeds, labels, weights, mask, pos) -> torch.Tensor:
-    hidden = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).last_hidden_state
+def lm_loss(model: MobileVLM, embeds, labels, weights, mask, pos):
+    """Weighted answer-token cross-entropy, and the hidden states of every layer (for pointer_loss)."""
+    out = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+    hidden = out.last_hidden_state
     sel = labels != -100
     logits = model.llm.lm_head(hidden[sel])
     ce = F.cross_entropy(logits, labels[sel], reduction="none")
-    return (ce * weights[sel]).sum() / weights[sel].sum()
+    return (ce * weights[sel]).sum() / weights[sel].sum(), out.hidden_states
+
+
+# The attention head taught to look at the object a phrase names (phrase-conditioned pointer):
+# layer 0 can bring the phrase to the answer positions, this head then finds the object's image
+# tokens, and the later layers read its box / colour from what it fetched.
+POINTER_LAYER, POINTER_HEAD = 1, 0
+
+
+def pointer_loss(model: MobileVLM, hidden_states, mask, pos, pointer, owner: torch.Tensor, n_head: int):
+    """-log(attention mass on the target object's image tokens) of one head, at the `pointer` positions.
+
+    Recomputes that head's attention probabilities exactly as LlamaAttention does (same q/k
+    projections, RoPE, scaling and additive mask) from the layer's input.
+    """
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    rows, at, obj = pointer
+    index = min(POINTER_LAYER, len(model.llm.model.layers) - 1)  # the 1-layer smoke model: its only layer
+    layer = model.llm.model.layers[index]
+    attn = layer.self_attn
+    d = attn.head_dim
+    kv = POINTER_HEAD // attn.num_key_value_groups
+    x = layer.input_layernorm(hidden_states[index])
+    q = F.linear(x, attn.q_proj.weight[POINTER_HEAD * d:(POINTER_HEAD + 1) * d])
+    k = F.linear(x, attn.k_proj.weight[kv * d:(kv + 1) * d])
+    cos, sin = model.llm.model.rotary_emb(x, pos)
+    q, k = apply_rotary_pos_emb(q[:, None], k[:, None], cos, sin)
+    scores = (q[:, 0] @ k[:, 0].transpose(1, 2)) * attn.scaling + mask[:, 0]  # (B, L, L)
+    logp = F.log_softmax(scores[rows, at], -1)  # (N, L)
+    n_img = owner.shape[1]
+    target = owner[rows] == (obj + 1)[:, None]  # (N, T)
+    keep = target.any(-1)  # an object whose tokens a later one covered entirely has no target
+    if not keep.any():
+        return scores.sum() * 0
+    img = logp[:, n_head:n_head + n_img].masked_fill(~target, float("-inf"))
+    return -img.logsumexp(-1)[keep].mean()
 
 
 def word_ids(codec: TextCodec, words) -> List[int]:
@@ -532,7 +604,7 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
 
     it = batches(2_000_000 if init else 1_000_000, batch, curriculum, True)
     t_phase, step, last_eval, last_save, best = time.time(), 0, time.time(), time.time(), -1.0
-    ema = None
+    ema = ema_ptr = None
     while step < total:
         samples = next(it)
         b = collate_dense(samples)
@@ -540,22 +612,26 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
         feats, toks = vision_features(model, b["pixels"])
         parts = heads.loss(feats, toks, b)
         parts["words"] = word_alignment_loss(toks, table.weight, b["tok_frac"], colour_ids, shape_ids)
-        embeds, labels, weights, mask, pos = build_batch(model, codec, samples, toks, seed * 1_000_003 + step)
-        l_lm = lm_loss(model, embeds, labels, weights, mask, pos)
+        embeds, labels, weights, mask, pos, pointer = build_batch(model, codec, samples, toks, seed * 1_000_003 + step,
+                                                                  (colour_ids, shape_ids))
+        l_lm, hidden_states = lm_loss(model, embeds, labels, weights, mask, pos)
+        l_ptr = (pointer_loss(model, hidden_states, mask, pos, pointer, b["owner"], len(codec.head))
+                 if pointer is not None else l_lm * 0)
         # Continuing from a checkpoint, the dense heads start untrained: only the word alignment stays.
-        loss = l_lm + 0.3 * (parts["words"] if init else sum(parts.values()))
+        loss = l_lm + POINTER_WEIGHT * l_ptr + 0.3 * (parts["words"] if init else sum(parts.values()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         step += 1
         ema = l_lm.item() if ema is None else 0.95 * ema + 0.05 * l_lm.item()
+        ema_ptr = l_ptr.item() if ema_ptr is None else 0.95 * ema_ptr + 0.05 * l_ptr.item()
         if auto and step == 10:
             per = (time.time() - t_phase) / 10
             total = max(int(budget_b / (per * 1.04)), 20)  # ~4 % for the periodic evaluations
             log(f"phase B: {per:.2f} s/step -> {total} steps")
         if step % 25 == 0 or step == total:
-            log(f"B {step}/{total} lm {ema:.4f} dense {sum(parts.values()).item():.3f} "
+            log(f"B {step}/{total} lm {ema:.4f} pointer {ema_ptr:.3f} dense {sum(parts.values()).item():.3f} "
                 f"lr {opt.param_groups[2]['lr']:.2e} seqs {embeds.shape[0]}x{embeds.shape[1]}")
         now = time.time()
         if not smoke and (now - last_eval > eval_every_s or step == total):
