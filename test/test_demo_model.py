@@ -158,6 +158,52 @@ def test_dense_targets_follow_the_boxes():
         assert any(np.allclose(b, S.normalized_box(sc, o)) for b in t["box"][t["box_w"] > 0])
 
 
+def test_pointer_targets_name_the_right_objects():
+    pytest.importorskip("torch")
+    from mobilevlm_ros.demo.train import looked_at
+
+    sc = _hand_scene()  # red circle (0), blue square (1), red triangle (2)
+    red, blue, circle, square, triangle = 10, 11, 20, 21, 22  # stand-in token ids
+    # "a red circle , a red triangle and a blue square </s>": caption order is colour, then shape.
+    caption = [1, red, circle, 3, 1, red, triangle, 4, 1, blue, square, 2]
+    assert looked_at(sc, "caption", "", caption, [red, blue], [circle, square, triangle]) == [
+        (1, 0), (2, 0), (5, 2), (6, 2), (9, 1), (10, 1)]
+    box = [5, 6, 7]
+    q = S.grounding_question("the red triangle")
+    assert looked_at(sc, "ground", q, box, [], []) == [(0, 2), (1, 2), (2, 2)]
+    assert looked_at(sc, "colour", S.colour_question("square"), [11, 2], [], []) == [(0, 1), (1, 1)]
+    assert looked_at(sc, "yesno", S.yesno_question("green", "square"), [9, 2], [], []) == []  # absent: nothing to see
+    assert looked_at(sc, "count", S.count_question(), [9, 2], [], []) == []
+
+
+def test_pointer_loss_is_the_real_attention_of_its_head():
+    """pointer_loss recomputes one head's attention: it must equal what eager LlamaAttention returns."""
+    torch = pytest.importorskip("torch")
+    from mobilevlm_ros.demo import train as T
+    from mobilevlm_ros.model.config import MobileVLMConfig
+    from mobilevlm_ros.model.reference import MobileVLM
+
+    torch.manual_seed(0)
+    vision, llm = T.SMOKE_VISION, dict(T.SMOKE_LLM, num_hidden_layers=2, num_attention_heads=4)
+    model = MobileVLM(MobileVLMConfig.from_dict(T.build_config(vision, llm), vision), attn_implementation="eager").eval()
+    samples = [T.scene_sample(s, vision["image_size"], vision["patch_size"]) for s in (5, 6)]
+    b = T.collate_dense(samples)
+    n_head, n_img = 7, b["owner"].shape[1]
+    with torch.no_grad():
+        _, toks = T.vision_features(model, b["pixels"])
+        embeds = torch.cat([torch.randn(2, n_head, toks.shape[2]) * 0.05, toks, torch.randn(2, 20, toks.shape[2]) * 0.05], 1)
+        L = embeds.shape[1]
+        mask = torch.zeros(2, 1, L, L).masked_fill(~torch.tril(torch.ones(L, L, dtype=torch.bool)), float("-inf"))
+        pos = torch.arange(L).repeat(2, 1)
+        out = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                              output_hidden_states=True, output_attentions=True)
+        pointer = (torch.tensor([0, 0, 1]), torch.tensor([L - 1, L - 5, L - 2]), torch.tensor([0, 1, 0]))
+        ours = T.pointer_loss(model, out.hidden_states, mask, pos, pointer, b["owner"], n_head)
+        att = out.attentions[T.POINTER_LAYER][:, T.POINTER_HEAD]
+        mass = [att[r, p, n_head:n_head + n_img][b["owner"][r] == o + 1].sum() for r, p, o in zip(*pointer)]
+    assert torch.allclose(ours, -torch.stack(mass).log().mean(), atol=1e-5)
+
+
 # --- the committed engine -----------------------------------------------------------------------
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(ENGINE, "manifest.json")), reason="engines/demo not built")
