@@ -8,7 +8,9 @@ Two phases, both seeded and step-based (same steps -> same weights on the same m
      of the object it covers), through small heads that are thrown away afterwards.
   B. VLM: the whole model on question/answer sequences in the v1 prompt format, loss on answer
      tokens (+ EOS) only; the dense loss stays on at a lower weight so the tower keeps what it
-     learned. Curriculum: at most two objects per scene during the first fifth.
+     learned. A pointer loss teaches one attention head to look at the object a phrase names
+     (pointer_loss): without it the model read single objects but could not pick one of several.
+     Curriculum: 1 object per scene for the first 10 %, then up to 2, 3 and (from 40 %) 4.
 Between the two, the projector's output is rescaled to the text-embedding scale.
 The folder written is a checkpoint in the released layout (config.json with mm_* keys,
 model.safetensors with the released tensor names, clip/ config, tokenizer.model), loadable with
@@ -235,7 +237,6 @@ def rescale_projector(model: MobileVLM, target_std: float, pixels: torch.Tensor)
 
 # Loss weight of one answer (spread over its tokens): every question counts, boxes count double.
 TASK_WEIGHT = {"caption": 1.0, "count": 1.0, "ground": 2.0, "colour": 1.0, "yesno": 1.0}
-POINTER_WEIGHT = 0.3  # of pointer_loss next to the answer loss
 
 
 def looked_at(scene: S.Scene, kind: str, question: str, answer: List[int], colour_ids: List[int],
@@ -482,12 +483,13 @@ class Log:
 def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0, smoke: bool = False,
           seed: int = 0, vision_batch: int = 32, batch: int = 8, eval_every_s: float = 480.0,
           save_every_s: float = 300.0, workers: int = 1, log_path: Optional[str] = None,
-          init: Optional[str] = None, lr_scale: float = 1.0) -> str:
+          init: Optional[str] = None, lr_scale: float = 1.0, pointer_weight: float = 1.0) -> str:
     """Train; returns the final checkpoint folder (OUT/last).
 
     init: continue from a checkpoint this trainer wrote (phase A and the curriculum are skipped,
     the dense heads, which checkpoints do not hold, are left out; scene seeds start at 2_000_000
     so the continuation sees new scenes). lr_scale multiplies every peak learning rate.
+    pointer_weight: of pointer_loss, next to the answer loss (weight 1).
     """
     torch.set_num_threads(2)
     torch.manual_seed(seed)
@@ -541,7 +543,8 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
                 i += 1
             yield pending.pop(0).get()
 
-    info = dict(seed=seed, smoke=smoke, vision=vision, llm=llm, select_layer=SELECT_LAYER, init=init, lr_scale=lr_scale)
+    info = dict(seed=seed, smoke=smoke, vision=vision, llm=llm, select_layer=SELECT_LAYER, init=init, lr_scale=lr_scale,
+                pointer_weight=pointer_weight)
     t_start = time.time()
 
     # --- phase A: vision from dense targets ---
@@ -618,7 +621,7 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
         l_ptr = (pointer_loss(model, hidden_states, mask, pos, pointer, b["owner"], len(codec.head))
                  if pointer is not None else l_lm * 0)
         # Continuing from a checkpoint, the dense heads start untrained: only the word alignment stays.
-        loss = l_lm + POINTER_WEIGHT * l_ptr + 0.3 * (parts["words"] if init else sum(parts.values()))
+        loss = l_lm + pointer_weight * l_ptr + 0.3 * (parts["words"] if init else sum(parts.values()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
@@ -666,9 +669,10 @@ def main(argv=None) -> None:
     p.add_argument("--smoke", action="store_true", help="a tiny model for a few steps (tests)")
     p.add_argument("--init", help="continue from this checkpoint folder (skips phase A and the curriculum)")
     p.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every peak learning rate")
+    p.add_argument("--pointer-weight", type=float, default=1.0, help="weight of the phrase-conditioned pointer loss")
     a = p.parse_args(argv)
     train(a.out, a.minutes, a.vision_steps, a.steps, a.smoke, a.seed, workers=a.workers, init=a.init,
-          lr_scale=a.lr_scale)
+          lr_scale=a.lr_scale, pointer_weight=a.pointer_weight)
 
 
 if __name__ == "__main__":
