@@ -81,11 +81,12 @@ NO_DEMO_ENGINE = not os.path.isfile(os.path.join(DEMO_ENGINE, "manifest.json"))
 
 @pytest.mark.skipif(NO_DEMO_ENGINE, reason="engines/demo (the trained demo model) is not in this checkout")
 def test_demo_model_grounds_most_questions(first_run):
-    # The committed demo model gets 6/8 boxes (IoU >= 0.5) and 3/3 counts on this bag (greedy: every
-    # run alike); a random model gets 0. "Most questions": more than half.
+    # The committed demo model gets 8/8 boxes (IoU >= 0.5) and 3/3 counts on this bag (greedy: every
+    # run alike); a random model gets 0. "Most questions": more than half, with room for one miss
+    # on another machine's float rounding.
     _, summary = first_run
     ok, n = summary["grounding_iou50"]
-    assert n >= 5 and ok / n > 0.5, summary
+    assert n >= 5 and ok / n >= 0.75, summary
     ok, n = summary["counting"]
     assert ok / n >= 0.6, summary
 
