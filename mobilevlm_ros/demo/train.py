@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ..model.config import MobileVLMConfig
 from ..model.reference import MobileVLM
@@ -265,7 +266,7 @@ def looked_at(scene: S.Scene, kind: str, question: str, answer: List[int], colou
 
 
 def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_embeds: torch.Tensor, seed: int,
-                word_ids_: tuple = ((), ())):
+                pointer_words: tuple = ((), ())):
     """All questions about one image packed in one row: [head | image | turn 1 | turn 2 ...].
 
     Each turn is exactly the runtime's single-question prompt ("\n{q} ASSISTANT:" + answer + EOS):
@@ -274,7 +275,8 @@ def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_e
     computed once per image (about twice the questions per second on the CPU).
     Returns inputs_embeds (B, L, H), labels (B, L), per-position loss weights (B, L), the 4D float
     attention mask (B, 1, L, L), position ids (B, L), and the pointer targets (row, position,
-    object index) of `looked_at` as three long tensors.
+    object index) of `looked_at` as three long tensors (None when no turn has one); pointer_words
+    are the (colour, shape) word ids `looked_at` finds objects by in captions.
     """
     rng = np.random.default_rng(seed)
     table = model.llm.get_input_embeddings()
@@ -286,7 +288,7 @@ def build_batch(model: MobileVLM, codec: TextCodec, samples: List[dict], image_e
         for j in rng.permutation(len(s["qa"])):
             kind, q, a = s["qa"][j]
             a_ids = codec.answer(a)
-            turns.append((codec.question(q), a_ids, TASK_WEIGHT[kind], looked_at(s["scene"], kind, q, a_ids, *word_ids_)))
+            turns.append((codec.question(q), a_ids, TASK_WEIGHT[kind], looked_at(s["scene"], kind, q, a_ids, *pointer_words)))
         rows.append(turns)
     tail_len = max(sum(len(q) + len(a) for q, a, _, _ in t) for t in rows)
     L = n_pre + tail_len
@@ -342,8 +344,6 @@ def pointer_loss(model: MobileVLM, hidden_states, mask, pos, pointer, owner: tor
     Recomputes that head's attention probabilities exactly as LlamaAttention does (same q/k
     projections, RoPE, scaling and additive mask) from the layer's input.
     """
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
     rows, at, obj = pointer
     index = min(POINTER_LAYER, len(model.llm.model.layers) - 1)  # the 1-layer smoke model: its only layer
     layer = model.llm.model.layers[index]

@@ -78,6 +78,7 @@ class Recorder:
 
     records: List[tuple] = field(default_factory=list)
     captions: List[object] = field(default_factory=list)
+    caption_stamps: set = field(default_factory=set)  # source stamps captioned so far (--rate 0 waits on them)
     answers: List[tuple] = field(default_factory=list)  # (question dict, GroundedAnswer)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,9 +91,13 @@ def _stamp(header) -> int:
     return header.stamp.sec * 10**9 + header.stamp.nanosec
 
 
+def _box_tuple(b) -> tuple:
+    """A BoundingBox message's (x1, y1, x2, y2) in pixels."""
+    return (b.center_x - b.size_x / 2, b.center_y - b.size_y / 2, b.center_x + b.size_x / 2, b.center_y + b.size_y / 2)
+
+
 def _print_answer(q: dict, a) -> None:
-    boxes = "".join(f" [{b.label or '-'}: {b.center_x - b.size_x / 2:.0f},{b.center_y - b.size_y / 2:.0f},"
-                    f"{b.center_x + b.size_x / 2:.0f},{b.center_y + b.size_y / 2:.0f} px]" for b in a.boxes)
+    boxes = "".join(f" [{b.label or '-'}: " + ",".join(f"{v:.0f}" for v in _box_tuple(b)) + " px]" for b in a.boxes)
     print(f"  Q ({q.get('camera') or '-'}): {q['question']}\n  A: {a.text}{boxes}", flush=True)
 
 
@@ -144,6 +149,7 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0, 
             c = deserialize_message(raw, Caption)
             with caption_seen:
                 rec.captions.append(c)
+                rec.caption_stamps.add(_stamp(c.header))
                 caption_seen.notify_all()
             if not quiet:
                 print(f"[{c.header.stamp.sec}.{c.header.stamp.nanosec:09d}] {c.camera}: {c.text}", flush=True)
@@ -169,9 +175,6 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0, 
         pending, timing_errors = [], []
         t0_bag, t0_wall = events[0].t_ns if events else 0, time.monotonic()
 
-        def captioned(stamp_ns):
-            return any(_stamp(c.header) == stamp_ns for c in rec.captions)
-
         for e in events:
             if rate > 0:  # recorded timing, scaled
                 due = t0_wall + (e.t_ns - t0_bag) / 1e9 / rate
@@ -184,7 +187,7 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0, 
                 pubs[e.camera].publish(e.data)  # the recorded bytes, as they are
                 if rate == 0:
                     with caption_seen:
-                        if not caption_seen.wait_for(lambda: captioned(stamp), timeout=120):
+                        if not caption_seen.wait_for(lambda: stamp in rec.caption_stamps, timeout=120):
                             print(f"warning: no caption for the frame stamped {stamp} within 120 s", file=sys.stderr)
             else:
                 q = e.data
@@ -241,10 +244,7 @@ def _summary(events: List[Event], rec: Recorder, timing_errors: List[float]) -> 
         if "box" in truth:
             grounded += 1
             if a.boxes:
-                b = a.boxes[0]
-                box = (b.center_x - b.size_x / 2, b.center_y - b.size_y / 2, b.center_x + b.size_x / 2,
-                       b.center_y + b.size_y / 2)
-                grounded_ok += iou(box, truth["box"]) >= 0.5
+                grounded_ok += iou(_box_tuple(a.boxes[0]), truth["box"]) >= 0.5
         elif "answer" in truth:
             counted += 1
             counted_ok += a.text.strip().rstrip(".").lower() == str(truth["answer"]).lower()
@@ -254,10 +254,6 @@ def _summary(events: List[Event], rec: Recorder, timing_errors: List[float]) -> 
 
 
 # -- comparing two runs ------------------------------------------------------------------------
-def _box_tuple(b) -> tuple:
-    return (b.center_x - b.size_x / 2, b.center_y - b.size_y / 2, b.center_x + b.size_x / 2, b.center_y + b.size_y / 2)
-
-
 def compare(actual_bag: str, expected_bag: str, min_iou: float = 0.5, max_text_changes: int = 0) -> dict:
     """Captions paired by (camera, source stamp), answers by (question, source stamp)."""
     from .. import bags
