@@ -44,6 +44,7 @@ from ..model.config import MobileVLMConfig
 from ..model.reference import MobileVLM
 from ..model.synthetic import _clip_config, _preprocessor_config, official_config, write_tokenizer_config
 from ..model.tokenizer_train import train_tokenizer
+from ..runtime.grounding import find_boxes
 from ..runtime.image import pad_geometry
 from ..runtime.prompt import SYSTEM_V1, build_prompt, tokenize_prompt
 from ..runtime.tokenizer import Tokenizer
@@ -416,8 +417,6 @@ def quick_eval(model: MobileVLM, codec: TextCodec, size: int, patch: int, n: int
             if kind == "caption":
                 hits[kind] += S.parse_caption(text) == S.scene_multiset(scene)
             elif kind == "ground":
-                from ..runtime.grounding import find_boxes
-
                 boxes = find_boxes(text, scene.width, scene.height)
                 truth = [o for o in scene.objects if S.grounding_answer(scene, o) == a][0]
                 hits[kind] += bool(boxes) and S.iou((boxes[0].x1, boxes[0].y1, boxes[0].x2, boxes[0].y2), truth.box) >= 0.5
@@ -578,11 +577,9 @@ def train(out: str, minutes: float = 40.0, vision_steps: int = 0, steps: int = 0
         pool = mp.get_context("fork").Pool(workers)
     info.update(vision_steps=vision_steps, vision_batch=vision_batch, vision_minutes=round((time.time() - t_phase) / 60, 2))
 
-    if init:
-        vision_steps = 0
-    probe = torch.from_numpy(np.stack([scene_sample(VAL_SEED + 500 + i, size, patch, with_text=False)["pixels"]
-                                       for i in range(8)]))
     if not init:
+        probe = torch.from_numpy(np.stack([scene_sample(VAL_SEED + 500 + i, size, patch, with_text=False)["pixels"]
+                                           for i in range(8)]))
         before = rescale_projector(model, 0.05, probe)
         log(f"projector output std {before:.3f} -> 0.05 (text embedding std 0.05)")
 
