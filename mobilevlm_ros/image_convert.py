@@ -25,10 +25,14 @@ Decisions, each tested in test/test_image_convert.py:
   -> RG, gbrg -> GR, grbg -> GB. The unambiguous aliases (COLOR_BayerRGGB2RGB, ...) are used where
   this OpenCV has them, the short names otherwise; both give the same codes.
 - 8UC1 is read as mono8, 8UC3 as bgr8 (the OpenCV convention cv_bridge follows).
-- Compressed: cv2.imdecode (IMREAD_UNCHANGED). Colour comes out BGR and is turned to RGB, alpha is
-  dropped, grayscale is repeated to 3 channels, 16-bit follows the rules above (16UC1 when the
-  format names it or is compressedDepth, mono16 otherwise). compressedDepth's 12-byte header
-  (compressed_depth_image_transport) is skipped; its RVL variant is refused.
+- Compressed: JPEG and PNG only, told by their first bytes (the `format` string is the sender's
+  word, the bytes are the truth). OpenCV would decode a dozen more formats, some (Radiance HDR,
+  ...) through temporary files it writes itself and without a size check, so everything else is
+  refused before a decoder sees it. Then cv2.imdecode (IMREAD_UNCHANGED): colour comes out BGR and
+  is turned to RGB, alpha is dropped, grayscale is repeated to 3 channels, 16-bit follows the rules
+  above (16UC1 when the format names it or is compressedDepth, mono16 otherwise).
+  compressedDepth's 12-byte header (compressed_depth_image_transport) is skipped; its RVL variant
+  is refused.
 - Images over MAX_PIXELS are refused before anything is allocated (for compressed input the size
   is read from the file header with Pillow, which decodes nothing).
 """
@@ -178,23 +182,40 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(raw, _CVT[encoding])
 
 
-def _compressed_size(buf: np.ndarray) -> Optional[tuple]:
-    """(width, height) from the file header, decoding nothing; None when Pillow cannot tell."""
+# The compressed formats we accept, by their first bytes.
+_MAGIC = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n\x1a\n"}
+COMPRESSED_FORMATS = tuple(_MAGIC)
+
+
+def _sniff(buf: np.ndarray, what: str) -> str:
+    """"JPEG" or "PNG" from the first bytes; ImageError for anything else."""
+    head = buf[:8].tobytes()
+    for name, magic in _MAGIC.items():
+        if head.startswith(magic):
+            return name
+    raise ImageError(f"{what}: not JPEG or PNG data (starts with {head[:8].hex(' ')}); "
+                     f"accepted: {', '.join(COMPRESSED_FORMATS)}")
+
+
+def _compressed_size(buf: np.ndarray, kind: str, what: str) -> tuple:
+    """(width, height) from the JPEG/PNG header, decoding nothing."""
     from PIL import Image as PILImage
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
-            with PILImage.open(io.BytesIO(buf.tobytes())) as im:
+            with PILImage.open(io.BytesIO(buf.tobytes()), formats=[kind]) as im:
                 return im.size
     except PILImage.DecompressionBombError:
         return (MAX_PIXELS + 1, 1)
-    except Exception:  # not a format Pillow knows, or a broken header: OpenCV has the last word
-        return None
+    except Exception as e:  # a broken header: nothing a decoder should be handed
+        raise ImageError(f"{what}: corrupt {kind} header ({type(e).__name__})") from None
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """A sensor_msgs/CompressedImage (JPEG, PNG, compressedDepth PNG) as H x W x 3 uint8 RGB."""
+    """A sensor_msgs/CompressedImage (JPEG, PNG, compressedDepth PNG) as H x W x 3 uint8 RGB.
+
+    Raises ImageError on anything else, before any decoder runs."""
     fmt = str(getattr(msg, "format", "") or "")
     what = f"compressed image (format {fmt!r})"
     buf = _as_bytes_array(msg.data, what)
@@ -210,9 +231,9 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
         if buf.size <= 12:
             raise ImageError(f"{what}: data truncated ({buf.size} bytes, not even the 12-byte depth header)")
         buf = buf[12:]  # compressed_depth_image_transport's ConfigHeader, then a PNG
-    size = _compressed_size(buf)
-    if size is not None:
-        _check_pixels(int(size[0]), int(size[1]), what)
+    kind = _sniff(buf, what)
+    width, height = _compressed_size(buf, kind, what)
+    _check_pixels(int(width), int(height), what)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as e:

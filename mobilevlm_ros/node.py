@@ -11,6 +11,7 @@ The engine loads on configure and is freed on cleanup; inference runs on one wor
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -24,7 +25,7 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from . import params as P
@@ -33,12 +34,22 @@ from .annotate import draw_answer
 from .image_convert import compressed_to_rgb, image_to_rgb, rgb_to_image_msg
 from .messages import answer_msg, caption_msg
 from .msg import Caption
-from .runtime.errors import ImageError, VLMError
+from .runtime.errors import ImageError, PromptError, VLMError
 from .runtime.generation import GenerationParams
+from .runtime.prompt import check_question
 from .srv import Ask as AskService
 from .worker import Frame, Job, Worker
 
 ANSWER_TIMEOUT_S = 600.0
+# Service requests and action goals wait in DDS's queue until an executor thread takes them; a
+# burst beyond its depth is lost without a word (rclpy's default depth is 10). Up to max_queue + 1
+# of them hold a thread while they wait for the worker, the rest are taken at once and refused as
+# busy: a depth of 64 answers every request of any burst a robot's nodes make (50 are tested).
+REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+# How long a finished goal's result waits for its client (rclpy's default is 900 s). Clients ask for
+# it as soon as the goal is accepted; a result nobody fetched in a minute is not coming.
+RESULT_TIMEOUT_S = 60
 
 
 def default_engine_dir() -> str:
@@ -64,6 +75,7 @@ def _descriptor(p: P.Param) -> ParameterDescriptor:
 class VLMNode(LifecycleNode):
     def __init__(self, name: str = "vlm", **kwargs):
         super().__init__(name, **kwargs)
+        self._guard_change_state()
         for p in P.PARAMS:
             self.declare_parameter(p.name, p.default, _descriptor(p))
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -82,6 +94,32 @@ class VLMNode(LifecycleNode):
         self.annotated_pub = None
         self.diag_pub = None
 
+    def _guard_change_state(self) -> None:
+        """Refuse lifecycle transitions that are not valid in the current state, with a log line.
+
+        rclpy (Jazzy and Humble alike) raises RCLError out of its change_state service for such a
+        request ("Transition is not registered"), which ends spin() and with it the process: one
+        careless `ros2 lifecycle set` would take the node down. The check runs before rclpy's own
+        handler; the lifecycle services share one mutually exclusive callback group, so the state
+        cannot change between the check and the transition.
+        """
+        service = self._service_change_state
+        transition_to = service.callback
+
+        def change_state(request, response):
+            t = request.transition
+            valid = [(tid, label) for tid, label, *_ in self._state_machine.available_transitions]
+            if not any(label == t.label if t.label else tid == t.id for tid, label in valid):
+                state = self._state_machine.current_state[1]
+                self.get_logger().warning(
+                    f"lifecycle transition {t.label or t.id} refused: not valid in state '{state}' "
+                    f"(valid: {', '.join(f'{label} ({tid})' for tid, label in valid)})")
+                response.success = False
+                return response
+            return transition_to(request, response)
+
+        service.callback = change_state
+
     # -- parameters --------------------------------------------------------------------------------
     def _p(self, name: str):
         return self.get_parameter(name).value
@@ -96,9 +134,28 @@ class VLMNode(LifecycleNode):
                 reason = f"{c.name} is read on configure/activate: deactivate and clean up the node first"
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
+        values = {c.name: c.value for c in changes}
+        if {"caption_prompt", "max_new_tokens"} & set(values):
+            reason = self._engine_refuses(values)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
         if self.worker is not None:
-            self._apply_live({c.name: c.value for c in changes})
+            self._apply_live(values)
         return SetParametersResult(successful=True)
+
+    def _engine_refuses(self, values: Optional[dict] = None) -> str:
+        """Why the loaded engine cannot run caption_prompt with max_new_tokens ('' if it can, or if
+        no engine is loaded yet: configure checks again)."""
+        if self.vlm is None:
+            return ""
+        get = lambda n: (values or {}).get(n, self._p(n))  # noqa: E731
+        prompt, max_new_tokens = get("caption_prompt"), int(get("max_new_tokens"))
+        try:
+            self.vlm.prompt_ids(prompt, max_new_tokens)
+        except PromptError as e:
+            return (f"max_new_tokens {max_new_tokens} with caption_prompt {prompt!r} does not fit the engine "
+                    f"(context {self.vlm.decoder.max_length} positions): {e}")
+        return ""
 
     def _apply_live(self, values: dict) -> None:
         get = lambda n: values[n] if n in values else self._p(n)  # noqa: E731
@@ -109,6 +166,8 @@ class VLMNode(LifecycleNode):
         w.caption_params = self._generation_params(0, -1.0, values)
 
     def _generation_params(self, max_new_tokens: int, temperature: float, values: Optional[dict] = None) -> GenerationParams:
+        if math.isnan(temperature):  # NaN < 0 is false too: it must not pass for "the default"
+            raise ValueError("temperature is NaN; give 0..2, or < 0 for the node's temperature parameter")
         get = lambda n: (values or {}).get(n, self._p(n))  # noqa: E731
         return GenerationParams(max_new_tokens=int(max_new_tokens or get("max_new_tokens")),
                                 temperature=float(temperature if temperature >= 0 else get("temperature")),
@@ -122,8 +181,14 @@ class VLMNode(LifecycleNode):
         try:
             self.vlm = VLM(engine, backend=self._p("backend"), threads=self._p("threads"),
                            max_length=self._p("max_context"))
-        except VLMError as e:
-            self.get_logger().error(f"cannot load the engine: {e}")
+        except Exception as e:  # VLMError names the file and the fix; anything else is still one line
+            reason = str(e) if isinstance(e, VLMError) else f"{engine}: {type(e).__name__}: {e}"
+            self.get_logger().error(f"cannot load the engine: {reason}")
+            return TransitionCallbackReturn.FAILURE
+        refused = self._engine_refuses()
+        if refused:
+            self.vlm = None
+            self.get_logger().error(f"cannot use the engine {engine}: {refused}")
             return TransitionCallbackReturn.FAILURE
         self.model_id = self.vlm.model_id
         self.worker = Worker(self.vlm, self._publish_caption, self._publish_annotated_answer,
@@ -132,10 +197,13 @@ class VLMNode(LifecycleNode):
         self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
         self.annotated_pub = self.create_publisher(Image, "~/annotated", 2)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._service = self.create_service(AskService, "~/ask", self._serve_ask, callback_group=self._group)
+        self._service = self.create_service(AskService, "~/ask", self._serve_ask, qos_profile=REQUEST_QOS,
+                                            callback_group=self._group)
         self._action = ActionServer(self, AskAction, "~/ask", execute_callback=self._execute_ask,
                                     goal_callback=lambda goal: GoalResponse.ACCEPT,
-                                    cancel_callback=self._cancel_ask, callback_group=self._group)
+                                    cancel_callback=self._cancel_ask, callback_group=self._group,
+                                    goal_service_qos_profile=REQUEST_QOS, result_service_qos_profile=REQUEST_QOS,
+                                    cancel_service_qos_profile=REQUEST_QOS, result_timeout=RESULT_TIMEOUT_S)
         self._state = "inactive"
         self.get_logger().info(f"engine {engine} loaded ({self.model_id}, {self.vlm.manifest.precision}, "
                                f"backend {self.vlm.backend})")
@@ -167,7 +235,7 @@ class VLMNode(LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._state = "inactive"
-        self.worker.stop()
+        self.worker.stop("node deactivated")
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -183,7 +251,7 @@ class VLMNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.worker is not None:
-            self.worker.stop()
+            self.worker.stop("node shut down")
         self._release()
         self._state = "finalized"
         return TransitionCallbackReturn.SUCCESS
@@ -229,16 +297,18 @@ class VLMNode(LifecycleNode):
     # -- questions -------------------------------------------------------------------------------
     def _job_from(self, request) -> Job:
         """A Job for a service request or action goal; raises VLMError/ValueError with the reason."""
+        # rclpy keeps a goal's request until its result expires: take the images out of it, so a
+        # finished goal costs bytes, not megabytes (the Frame holds what the worker needs).
+        image, compressed = request.image, request.compressed_image
+        request.image, request.compressed_image = Image(), CompressedImage()
         if self._state != "active" or self.worker is None:
             raise VLMError(f"node is {self._state}, not active")
-        question = request.question.strip()
-        if not question:
-            raise VLMError("question is empty")
+        question = check_question(request.question)
         now = time.monotonic()
-        if len(request.image.data):
-            frame, camera = Frame(image_to_rgb(request.image), request.image.header, now), ""
-        elif len(request.compressed_image.data):
-            frame, camera = Frame(compressed_to_rgb(request.compressed_image), request.compressed_image.header, now), ""
+        if len(image.data):
+            frame, camera = Frame(image_to_rgb(image), image.header, now), ""
+        elif len(compressed.data):
+            frame, camera = Frame(compressed_to_rgb(compressed), compressed.header, now), ""
         else:
             cameras = self._p("cameras")
             camera = request.camera or cameras[0]
@@ -269,10 +339,13 @@ class VLMNode(LifecycleNode):
     def _fill(self, out, job: Job):
         if not job.done.is_set():
             job.cancel.set()  # nobody will read it any more: stop spending the worker on it
+        error = job.stopped or job.error or ("" if job.done.is_set() else "timed out")
         if job.answer is not None:
             out.answer = answer_msg(job.answer, job.frame.header, job.camera, self.model_id)
-        out.success = job.answer is not None and not job.error
-        out.error = job.error or ("" if job.done.is_set() else "timed out")
+            if not error and not job.answer.text:
+                error = f"the model gave an empty answer (finish reason: {job.answer.finish_reason})"
+        out.success = job.answer is not None and not error
+        out.error = error
         return out
 
     def _execute_ask(self, goal_handle):
@@ -299,7 +372,7 @@ class VLMNode(LifecycleNode):
             with self._goals_lock:
                 self._goals.pop(key, None)
         self._fill(result, job)
-        if job.cancel.is_set():
+        if goal_handle.is_cancel_requested:  # the client's cancel; the node's own stops abort below
             goal_handle.canceled()
             result.success, result.error = False, "cancelled"
         elif result.success:

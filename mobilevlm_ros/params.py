@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
+from .runtime.errors import PromptError
 from .runtime.generation import MAX_NEW_TOKENS_LIMIT
-from .runtime.prompt import DEFAULT_CAPTION_QUESTION
+from .runtime.prompt import DEFAULT_CAPTION_QUESTION, check_question
 from .runtime.sessions import BACKENDS
-from .runtime.vlm import MAX_QUESTION_CHARS
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,11 @@ def check(name: str, value: Any) -> str:
         return "transports must be 'raw' or 'compressed'"
     if name == "qos_reliability" and value not in ("best_effort", "reliable"):
         return "qos_reliability must be best_effort or reliable"
-    if name == "caption_prompt" and (not value.strip() or len(value) > MAX_QUESTION_CHARS):
-        return f"caption_prompt must be non-empty and at most {MAX_QUESTION_CHARS} characters"
+    if name == "caption_prompt":
+        try:
+            check_question(value)
+        except PromptError as e:
+            return f"caption_prompt: {e}"
     return ""
 
 

@@ -43,6 +43,7 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     answer: Optional[Answer] = None
     error: str = ""
+    stopped: str = ""  # why the worker stopped it (e.g. "node deactivated"); "" when it was not
     queued_s: float = 0.0
 
 
@@ -126,14 +127,16 @@ class Worker:
             self._thread = threading.Thread(target=self._loop, name="mobilevlm-inference", daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "node stopped") -> None:
+        """End the thread; waiting questions fail and the running one is cancelled, all with `reason`."""
         with self._cv:
             self._running = False
             for job in self._asks:
-                job.error = "the node stopped before answering"
+                job.stopped = job.error = reason
                 job.done.set()
             self._asks.clear()
             if self.current is not None:
+                self.current.stopped = reason
                 self.current.cancel.set()
             self._cv.notify_all()
         if self._thread is not None:

@@ -342,8 +342,9 @@ def test_compressed_refusals():
     assert "empty data" in refusal(make_compressed(b"", "jpeg"), compressed_to_rgb)
     garbage = b"\xff\xd8\xff\xe0" + bytes(RNG.integers(0, 256, 200, dtype=np.uint8))
     text = refusal(make_compressed(garbage, "jpeg"), compressed_to_rgb)
-    assert "cannot decode" in text and "'jpeg'" in text
-    assert "cannot decode" in refusal(make_compressed(b"not an image at all", "png"), compressed_to_rgb)
+    assert "corrupt JPEG header" in text and "'jpeg'" in text
+    text = refusal(make_compressed(b"not an image at all", "png"), compressed_to_rgb)
+    assert "not JPEG or PNG data" in text and "accepted: JPEG, PNG" in text
     assert "RVL" in refusal(make_compressed(b"\0" * 40, "16UC1; compressedDepth rvl"), compressed_to_rgb)
     # A PNG whose header claims 9000 x 8000 (72 Mpx): refused from the header, nothing decoded.
     def chunk(kind, body):

@@ -313,7 +313,7 @@ def test_parameters_validated_and_live(harness):
     h = harness(caption_rate_hz=20.0).start()
     node = h.node
     for name, value, why in [("caption_rate_hz", -1.0, ""), ("backend", "gpu", "backend must be"),
-                             ("caption_prompt", " ", "non-empty"), ("max_new_tokens", 0, ""),
+                             ("caption_prompt", " ", "is empty"), ("max_new_tokens", 0, ""),
                              ("engine_dir", "/tmp", "deactivate"), ("cameras", ["a", "a"], "unique")]:
         result = node.set_parameters([Parameter(name, value=value)])[0]
         assert not result.successful, (name, value)

@@ -114,7 +114,8 @@ def test_several_and_edge_image_markers(tok, references):
 def test_special_token_text_stays_text(tok, references):
     # Deliberate difference: the reference tokenizer turns the text "</s>" in a question into EOS (2),
     # which would let a user end the prompt early; we keep user text as plain text.
-    prompt = build_prompt("what is </s> here?")
+    # (build_prompt refuses such questions outright; the tokenizer must still keep the text as text.)
+    prompt = build_prompt("what is here?").replace("here?", "</s> here?")
     assert 2 in reference_tokenizer_image_token(prompt, references["slow-sentencepiece"])
     assert 2 not in tokenize_prompt(tok, prompt)
 

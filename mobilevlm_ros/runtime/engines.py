@@ -18,12 +18,26 @@ from .manifest import Manifest
 from .sessions import make_session
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# onnxruntime's GroupQueryAttention kernels take head sizes in multiples of 16 only; others load
+# and then fail at the first run. Real MobileVLM head sizes are 128 (1.4B) and 80 (2.7B).
+HEAD_DIM_MULTIPLE = 16
+
+
+def run_session(session: ort.InferenceSession, what: str, run):
+    """Call `run()` (a session.run*); an onnxruntime failure becomes one EngineError naming the file."""
+    try:
+        return run()
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument/... types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EngineError(f"engine file {what}: onnxruntime failed while running it ({first[:300]}); "
+                          "the engine does not fit this runtime: re-run mobilevlm-export") from None
 
 
 class VisionEngine:
     """pixels (1, 3, S, S) float32 -> image embeddings (T, H) float32."""
 
     def __init__(self, manifest: Manifest, providers: List, threads: int = 0):
+        self.file = manifest.files["vision"]["path"]
         self.session = make_session(manifest.path("vision"), providers, threads)
         self.input = self.session.get_inputs()[0].name
         out = self.session.get_outputs()[0]
@@ -34,7 +48,8 @@ class VisionEngine:
                               f"the manifest ({m['image_tokens']} tokens x {m['hidden_size']})")
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input: pixels})[0][0], dtype=np.float32)
+        out = run_session(self.session, self.file, lambda: self.session.run(None, {self.input: pixels}))
+        return np.asarray(out[0][0], dtype=np.float32)
 
 
 class DecoderEngine:
@@ -42,6 +57,11 @@ class DecoderEngine:
 
     def __init__(self, manifest: Manifest, providers: List, threads: int = 0, max_length: int = 0):
         m, io = manifest.model, manifest.data["decoder_io"]
+        self.file = manifest.files["decoder"]["path"]
+        if m["head_dim"] % HEAD_DIM_MULTIPLE:
+            raise EngineError(f"engine file {self.file}: head_dim {m['head_dim']} is not a multiple of "
+                              f"{HEAD_DIM_MULTIPLE}, which onnxruntime's GroupQueryAttention needs; this model "
+                              "cannot run here (mobilevlm-export refuses such models)")
         self.session = make_session(manifest.path("decoder"), providers, threads)
         self.hidden = m["hidden_size"]
         self.vocab = m["vocab_size"]
@@ -55,14 +75,18 @@ class DecoderEngine:
         expected_in = [io["inputs_embeds"], io["attention_mask"]] + [n for kv in self.past for n in kv]
         missing = [n for n in expected_in if n not in inputs] + [n for kv in self.present for n in kv if n not in outputs]
         if missing or io["logits"] not in outputs:
-            raise EngineError(f"engine file {manifest.files['decoder']['path']}: graph lacks {', '.join(missing) or io['logits']} "
+            raise EngineError(f"engine file {self.file}: graph lacks {', '.join(missing) or io['logits']} "
                               "(does not match the manifest); re-run mobilevlm-export")
         if inputs[io["inputs_embeds"]].shape[-1] != self.hidden:
-            raise EngineError(f"engine file {manifest.files['decoder']['path']}: inputs_embeds width "
-                              f"{inputs[io['inputs_embeds']].shape[-1]}, manifest says {self.hidden}")
-        self.embed_dtype = _NP_TYPES[inputs[io["inputs_embeds"]].type]
-        kv_dtype = _NP_TYPES[inputs[self.past[0][0]].type]
-        logits_dtype = _NP_TYPES[outputs[io["logits"]].type]
+            raise EngineError(f"engine file {self.file}: inputs_embeds width "
+                              f"{inputs[io['inputs_embeds']].shape[-1]}, manifest says {self.hidden}; re-run mobilevlm-export")
+        self.embed_dtype = self._dtype(inputs[io["inputs_embeds"]])
+        kv_heads = inputs[self.past[0][0]].shape[1]
+        if isinstance(kv_heads, int) and kv_heads != m["num_kv_heads"]:
+            raise EngineError(f"engine file {self.file}: {kv_heads} KV heads, manifest says {m['num_kv_heads']}; "
+                              "re-run mobilevlm-export")
+        kv_dtype = self._dtype(inputs[self.past[0][0]])
+        logits_dtype = self._dtype(outputs[io["logits"]])
 
         on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
         shape = (1, m["num_kv_heads"], self.max_length, m["head_dim"])
@@ -85,6 +109,11 @@ class DecoderEngine:
         self.binding.bind_output(io["logits"], "cpu", 0, logits_dtype, list(self.logits.shape), self.logits.ctypes.data)
         self.length = 0  # positions filled in the cache
 
+    def _dtype(self, arg) -> type:
+        if arg.type not in _NP_TYPES:
+            raise EngineError(f"engine file {self.file}: {arg.name} is {arg.type}; expected float or float16")
+        return _NP_TYPES[arg.type]
+
     def rewind(self, length: int) -> None:
         """Forget every position from `length` on (their slots are overwritten by the next run)."""
         if not 0 <= length <= self.length:
@@ -101,6 +130,6 @@ class DecoderEngine:
         io = self.binding
         io.bind_input(self.names["inputs_embeds"], "cpu", 0, self.embed_dtype, [1, n, self.hidden], self.embeds.ctypes.data)
         io.bind_input(self.names["attention_mask"], "cpu", 0, np.int64, [1, total], self.mask.ctypes.data)
-        self.session.run_with_iobinding(io)
+        run_session(self.session, self.file, lambda: self.session.run_with_iobinding(io))
         self.length = total
         return self.logits[0, 0]

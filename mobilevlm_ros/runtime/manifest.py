@@ -2,25 +2,84 @@
 
 The runtime reads only the manifest to know what it runs. Every file is listed with its size and
 sha256; a missing, truncated or altered file is an EngineError naming the file, before any
-onnxruntime session sees it.
+onnxruntime session sees it. The manifest itself is checked field by field (types and values, not
+only keys), and every file it names must lie inside the engine folder, symlinks resolved: an edited
+or hostile manifest is refused with the field it got wrong, never followed elsewhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from typing import Dict
+import re
+from typing import Any, Callable, Dict, Tuple
 
 from .errors import EngineError
+from .prompt import TEMPLATES
 
 FORMAT = "mobilevlm-engine"
 FORMAT_VERSION = 1
 NAME = "manifest.json"
 # What the runtime needs from each engine kind.
 REQUIRED_ROLES = {"onnx": ("vision", "decoder", "embeddings", "tokenizer")}
-REQUIRED_MODEL_KEYS = ("version", "image_size", "image_tokens", "hidden_size", "num_layers", "num_kv_heads",
-                       "head_dim", "vocab_size", "context_length", "bos_token_id", "eos_token_id", "template")
+ENGINE_KINDS = ("onnx",)
+TARGETS = ("cpu", "cuda")
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive(v: Any) -> bool:
+    return _integer(v) and v > 0
+
+
+def _token_id(v: Any) -> bool:
+    return _integer(v) and v >= 0
+
+
+def _name(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def _three_numbers(v: Any) -> bool:
+    return (isinstance(v, list) and len(v) == 3
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+
+
+def _layer_pattern(v: Any) -> bool:
+    return _name(v) and v.count("%d") == 1 and v.count("%") == 1
+
+
+_Field = Tuple[Callable[[Any], bool], str]
+POSITIVE: _Field = (_positive, "a positive integer")
+TOKEN_ID: _Field = (_token_id, "a token id (an integer >= 0)")
+TEXT: _Field = (_name, "a non-empty string")
+# Every field the runtime reads, with what it must be. Optional ones may be absent, never wrong.
+MODEL_FIELDS: Dict[str, _Field] = {
+    "version": TEXT, "template": (lambda v: v in TEMPLATES, f"one of {', '.join(TEMPLATES)}"),
+    "image_size": POSITIVE, "image_tokens": POSITIVE, "hidden_size": POSITIVE, "num_layers": POSITIVE,
+    "num_kv_heads": POSITIVE, "head_dim": POSITIVE, "vocab_size": POSITIVE, "context_length": POSITIVE,
+    "bos_token_id": TOKEN_ID, "eos_token_id": TOKEN_ID,
+}
+OPTIONAL_MODEL_FIELDS: Dict[str, _Field] = {
+    "id": (lambda v: isinstance(v, str), "a string"),
+    "image_mean": (_three_numbers, "a list of 3 numbers"),
+    "image_std": (lambda v: _three_numbers(v) and min(v) > 0, "a list of 3 positive numbers"),
+}
+FILE_FIELDS: Dict[str, _Field] = {
+    "path": TEXT, "bytes": (_token_id, "an integer >= 0"),
+    "sha256": (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None, "64 hex digits"),
+}
+DECODER_IO_FIELDS: Dict[str, _Field] = {
+    "inputs_embeds": TEXT, "attention_mask": TEXT, "logits": TEXT,
+    "past_key": (_layer_pattern, "a name with one %d (the layer)"),
+    "past_value": (_layer_pattern, "a name with one %d (the layer)"),
+    "present_key": (_layer_pattern, "a name with one %d (the layer)"),
+    "present_value": (_layer_pattern, "a name with one %d (the layer)"),
+}
 
 
 def sha256(path: str, chunk: int = 1 << 22) -> str:
@@ -66,6 +125,53 @@ class Manifest:
         return self.data.get("engine", "onnx")
 
 
+def _check_fields(where: str, section: Any, fields: Dict[str, _Field], optional: Dict[str, _Field] = None) -> None:
+    """Raise EngineError naming the first field of `section` that is absent (and required) or wrong."""
+    for key, (ok, what) in {**fields, **(optional or {})}.items():
+        if key not in section:
+            if key in fields:
+                raise EngineError(f"{where}.{key}: missing; re-run mobilevlm-export")
+            continue
+        if not ok(section[key]):
+            raise EngineError(f"{where}.{key}: {section[key]!r} is not {what}; re-run mobilevlm-export")
+
+
+def _inside(engine_dir: str, rel: str) -> bool:
+    """Whether `rel` names a path inside `engine_dir` once `..` and symlinks are resolved."""
+    root = os.path.realpath(engine_dir)
+    real = os.path.realpath(os.path.join(engine_dir, rel))
+    return not os.path.isabs(rel) and os.path.commonpath([root, real]) == root
+
+
+def check_schema(path: str, data: Any) -> None:
+    """Every section and field the runtime reads, by type and value; EngineError names what is wrong."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise EngineError(f"{path}: not a {FORMAT} manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise EngineError(f"{path}: format version {data.get('format_version')!r} is not supported "
+                          f"(this runtime reads version {FORMAT_VERSION}); re-run mobilevlm-export")
+    kind = data.get("engine", "onnx")
+    if kind not in ENGINE_KINDS:
+        raise EngineError(f"{path}: engine kind {kind!r} is not supported by this runtime "
+                          f"({', '.join(ENGINE_KINDS)})")
+    if data.get("target", "cpu") not in TARGETS:
+        raise EngineError(f"{path}: target {data.get('target')!r} is not one of {', '.join(TARGETS)}")
+    for section in ("model", "files", "decoder_io"):
+        if not isinstance(data.get(section), dict):
+            raise EngineError(f"{path}: {section}: missing or not an object; re-run mobilevlm-export")
+    _check_fields(f"{path}: model", data["model"], MODEL_FIELDS, OPTIONAL_MODEL_FIELDS)
+    _check_fields(f"{path}: decoder_io", data["decoder_io"], DECODER_IO_FIELDS)
+    files = data["files"]
+    for role in REQUIRED_ROLES[kind]:
+        if role not in files:
+            raise EngineError(f"{path}: files.{role}: missing; re-run mobilevlm-export")
+    for role, entry in files.items():
+        if not isinstance(entry, dict):
+            raise EngineError(f"{path}: files.{role}: {entry!r} is not an object with path, bytes and sha256; "
+                              "re-run mobilevlm-export")
+        _check_fields(f"{path}: files.{role}", entry, FILE_FIELDS)
+
+
 def load(engine_dir: str, verify: bool = True) -> Manifest:
     """Read and check an engine directory. verify=True also hashes every file (about 1 s per GB)."""
     if not os.path.isdir(engine_dir):
@@ -78,22 +184,14 @@ def load(engine_dir: str, verify: bool = True) -> Manifest:
         raise EngineError(f"engine directory {engine_dir}: no {NAME}; re-run mobilevlm-export") from None
     except (OSError, ValueError) as e:
         raise EngineError(f"{path}: unreadable ({e}); re-run mobilevlm-export") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise EngineError(f"{path}: not a {FORMAT} manifest")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise EngineError(f"{path}: format version {data.get('format_version')} is not supported "
-                          f"(this runtime reads version {FORMAT_VERSION}); re-run mobilevlm-export")
-    model, files = data.get("model"), data.get("files")
-    if not isinstance(model, dict) or not isinstance(files, dict):
-        raise EngineError(f"{path}: 'model' and 'files' sections are required")
-    missing_keys = [k for k in REQUIRED_MODEL_KEYS if k not in model]
-    if missing_keys:
-        raise EngineError(f"{path}: model section lacks {', '.join(missing_keys)}")
-    kind = data.get("engine", "onnx")
-    for role in REQUIRED_ROLES.get(kind, ()):
-        if role not in files:
-            raise EngineError(f"{path}: no '{role}' file listed")
-    for role, entry in files.items():
+    check_schema(path, data)
+    for entry in data["files"].values():
+        # Checked before anything is opened: a manifest must not make us read, or report the size
+        # of, a file outside the engine folder.
+        if not _inside(engine_dir, entry["path"]):
+            raise EngineError(f"{path}: file {entry['path']!r} lies outside the engine folder {engine_dir} "
+                              "(absolute, '..' or a symlink out); engine files must be inside it")
+    for entry in data["files"].values():
         f = os.path.join(engine_dir, entry["path"])
         if not os.path.isfile(f):
             raise EngineError(f"engine file {entry['path']}: missing from {engine_dir}; re-run mobilevlm-export")

@@ -15,18 +15,34 @@ IMAGE_TOKEN = "<image>"
 # Placeholder id the reference puts where the image embeddings go; never a real vocab id.
 IMAGE_TOKEN_INDEX = -200
 DEFAULT_CAPTION_QUESTION = "Describe the image briefly."
+MAX_QUESTION_CHARS = 4000
 
 TEMPLATES = ("v1",)
+# Text that marks turns in the v1 template: inside a question it would fake a turn of the
+# conversation (the model then often answers with nothing), so it is refused.
+TEMPLATE_MARKERS = ("USER:", "ASSISTANT:", "</s>", "<s>")
+
+
+def check_question(question: str) -> str:
+    """The question, stripped; PromptError when it is empty, too long, or holds template text."""
+    if not isinstance(question, str) or not question.strip():
+        raise PromptError("the question is empty")
+    question = question.strip()
+    if len(question) > MAX_QUESTION_CHARS:
+        raise PromptError(f"the question is {len(question)} characters; at most {MAX_QUESTION_CHARS} are accepted")
+    if IMAGE_TOKEN in question:
+        raise PromptError(f"the question must not contain {IMAGE_TOKEN}: the image goes in by itself")
+    markers = [m for m in TEMPLATE_MARKERS if m in question]
+    if markers:
+        raise PromptError(f"the question must not contain the prompt template's markers ({', '.join(markers)})")
+    return question
 
 
 def build_prompt(question: str, template: str = "v1") -> str:
     """The full prompt text, `<image>` included, exactly as the reference `conv_templates["v1"]` builds it."""
     if template not in TEMPLATES:
         raise PromptError(f"unknown prompt template {template!r}; known: {', '.join(TEMPLATES)}")
-    if not isinstance(question, str) or not question.strip():
-        raise PromptError("the question is empty")
-    if IMAGE_TOKEN in question:
-        raise PromptError(f"the question must not contain {IMAGE_TOKEN}: the image goes in by itself")
+    question = check_question(question)
     # v1 (vicuna style): sep " " after the system text and the user turn, the image before the
     # question on its own line, and the prompt ends with "ASSISTANT:" (no trailing space).
     return f"{SYSTEM_V1} USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"

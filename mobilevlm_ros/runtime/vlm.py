@@ -21,16 +21,15 @@ import numpy as np
 
 from . import manifest as mf
 from .engines import DecoderEngine, VisionEngine
-from .errors import EngineError, PromptError
+from .errors import EngineError, VLMError
 from .generation import Generation, GenerationParams
 from .grounding import find_boxes, grounding_phrase, grounding_prompt
 from .image import CLIP_MEAN, CLIP_STD, preprocess
-from .prompt import DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, check_prompt_length, tokenize_prompt
+from .prompt import (DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, check_prompt_length, check_question,
+                     tokenize_prompt)
 from .sessions import choose_providers, provider_names
 from .tokenizer import Tokenizer
 from .types import Answer, Timings
-
-MAX_QUESTION_CHARS = 4000
 
 
 class Request:
@@ -66,18 +65,20 @@ class VLM:
     def __init__(self, engine_dir: str, backend: str = "auto", threads: int = 0, max_length: int = 0,
                  verify: bool = True):
         self.manifest = mf.load(engine_dir, verify=verify)
-        if self.manifest.kind != "onnx":
-            raise EngineError(f"{engine_dir}: engine kind {self.manifest.kind!r} is not supported by this runtime")
         m = self.manifest.model
         providers = choose_providers(self.manifest.target, backend, cache_dir=os.path.join(engine_dir, "trt_cache"))
-        self.tokenizer = Tokenizer(self.manifest.path("tokenizer"))
-        self.vision = VisionEngine(self.manifest, providers, threads)
-        self.decoder = DecoderEngine(self.manifest, providers, threads, max_length)
-        # Memory-mapped: only the rows of tokens actually used are ever read.
-        self.table = np.load(self.manifest.path("embeddings"), mmap_mode="r")
-        if self.table.shape != (m["vocab_size"], m["hidden_size"]):
-            raise EngineError(f"engine file {self.manifest.files['embeddings']['path']}: shape {self.table.shape}, "
-                              f"manifest says ({m['vocab_size']}, {m['hidden_size']})")
+        self.tokenizer = self._load("tokenizer", Tokenizer)
+        if self.tokenizer.vocab_size > m["vocab_size"]:
+            raise EngineError(f"engine file {self.manifest.files['tokenizer']['path']}: {self.tokenizer.vocab_size} "
+                              f"tokens, the model has {m['vocab_size']}; re-run mobilevlm-export")
+        self.vision = self._load("vision", lambda _: VisionEngine(self.manifest, providers, threads))
+        self.decoder = self._load("decoder", lambda _: DecoderEngine(self.manifest, providers, threads, max_length))
+        # Memory-mapped: only the rows of tokens actually used are ever read. No pickles: it is data.
+        self.table = self._load("embeddings", lambda path: np.load(path, mmap_mode="r", allow_pickle=False))
+        if self.table.shape != (m["vocab_size"], m["hidden_size"]) or self.table.dtype not in (np.float32, np.float16):
+            raise EngineError(f"engine file {self.manifest.files['embeddings']['path']}: {self.table.dtype} "
+                              f"{self.table.shape}, manifest says float ({m['vocab_size']}, {m['hidden_size']}); "
+                              "re-run mobilevlm-export")
         self.image_size = m["image_size"]
         self.mean = m.get("image_mean", CLIP_MEAN)
         self.std = m.get("image_std", CLIP_STD)
@@ -85,6 +86,16 @@ class VLM:
         self.backend = provider_names(self.decoder.session)[0]
         self._cached_head: Optional[tuple] = None  # token ids at the decoder's first positions
         self._cached_image: Optional[str] = None  # key of the image that follows them
+
+    def _load(self, role: str, load):
+        """load(path of the file of `role`); any failure is one EngineError that names the file."""
+        try:
+            return load(self.manifest.path(role))
+        except VLMError:
+            raise
+        except Exception as e:  # numpy, sentencepiece and onnxruntime each raise their own types
+            raise EngineError(f"engine file {self.manifest.files[role]['path']}: cannot load it "
+                              f"({type(e).__name__}: {str(e)[:200]}); re-run mobilevlm-export") from None
 
     # -- the pipeline ----------------------------------------------------------------------------
     def _embed_ids(self, ids) -> np.ndarray:
@@ -102,15 +113,11 @@ class VLM:
         """
         t_start = time.perf_counter()
         params = (params or GenerationParams()).validate()
-        question = DEFAULT_CAPTION_QUESTION if question is None else question.strip()
-        if len(question) > MAX_QUESTION_CHARS:
-            raise PromptError(f"question is {len(question)} characters; at most {MAX_QUESTION_CHARS} are accepted")
-        prompt = build_prompt(question)
-        ids = tokenize_prompt(self.tokenizer, prompt)
+        question = DEFAULT_CAPTION_QUESTION if question is None else check_question(question)
+        ids = self.prompt_ids(question, params.max_new_tokens)
         cut = ids.index(IMAGE_TOKEN_INDEX)
         head, tail = tuple(ids[:cut]), ids[cut + 1:]
         n_image = self.manifest.model["image_tokens"]
-        check_prompt_length(len(ids) - 1, n_image, params.max_new_tokens, self.decoder.max_length)
         timings = Timings(prompt_tokens=len(ids) - 1 + n_image)
 
         # The decoder's cache holds [head | image] from the last request: the head (system text) is
@@ -147,6 +154,13 @@ class VLM:
         answer = Answer(text="", prompt=question, timings=timings, image_size=(rgb.shape[1], rgb.shape[0]))
         generation = Generation(self.decoder, self.table, self.tokenizer, logits, params, cancel)
         return Request(generation, answer, (rgb.shape[1], rgb.shape[0]), default_phrase, t_start)
+
+    def prompt_ids(self, question: str, max_new_tokens: int):
+        """Token ids of the prompt for `question` (IMAGE_TOKEN_INDEX where the image goes); PromptError
+        when the question is not acceptable or prompt + image + `max_new_tokens` exceed the context."""
+        ids = tokenize_prompt(self.tokenizer, build_prompt(question))
+        check_prompt_length(len(ids) - 1, self.manifest.model["image_tokens"], max_new_tokens, self.decoder.max_length)
+        return ids
 
     def describe(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
                  cancel: Optional[threading.Event] = None) -> Answer:

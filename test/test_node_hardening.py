@@ -1,0 +1,311 @@
+"""The node under hostile and careless use, as its own process, talked to only over real DDS.
+
+Each test starts `python -m mobilevlm_ros.node` in its own namespace (so no two tests share a
+node) and does what a careless user or an attacker would: lifecycle calls that are not valid now,
+bursts of 50 calls, goals carrying huge images, broken engine folders. After each, the node must
+still be alive and answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
+
+from action_msgs.msg import GoalStatus  # noqa: E402
+from lifecycle_msgs.msg import State, Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from mobilevlm_ros.action import Ask as AskAction  # noqa: E402
+from mobilevlm_ros.srv import Ask as AskService  # noqa: E402
+
+TIMEOUT = 30.0
+# DDS hands every response of a service to every client of it, each of which keeps the newest
+# `depth`: a burst of 50 needs clients at least that deep (rclpy's default depth is 10), or the
+# clients drop their own answers among the others'. The node's side is what these tests check.
+BURST_QOS = QoSProfile(depth=64)
+
+
+def wait_for(predicate, timeout=TIMEOUT, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def image_msg(width: int, height: int, seed: int = 0) -> Image:
+    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3, data=rgb.tobytes())
+
+
+class NodeProcess:
+    """`python -m mobilevlm_ros.node` in namespace /<ns>, its log collected line by line."""
+
+    def __init__(self, ns: str, engine: str, **params):
+        values = dict(engine_dir=engine, cameras=["front"], caption_rate_hz=0.0, max_new_tokens=8, threads=1,
+                      backend="cpu")
+        values.update(params)
+        args = [sys.executable, "-m", "mobilevlm_ros.node", "--ros-args", "-r", f"__ns:=/{ns}"]
+        for k, v in values.items():
+            args += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
+        self.ns = ns
+        self.lines: list = []
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_log(self, needle: str, timeout: float = TIMEOUT):
+        wait_for(lambda: needle in self.log or self.proc.poll() is not None, timeout, f"'{needle}' in the node log")
+        assert needle in self.log, f"node exited ({self.proc.returncode}) before logging {needle!r}:\n{self.log}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kb / 1024
+
+    def stop(self):
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def client():
+    rclpy.init()
+    node = rclpy.create_node("hardening_client")
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield node
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown()
+
+
+@pytest.fixture
+def start_node(engines):
+    made = []
+
+    def start(engine=None, wait="active:", **params):
+        ns = f"h{os.getpid()}_{len(made)}_{int(time.monotonic() * 1000) % 100000}"
+        node = NodeProcess(ns, engine or engines("tiny", "fp32"), **params)
+        made.append(node)
+        if wait:
+            node.wait_log(wait)
+        return node
+
+    yield start
+    for node in made:
+        node.stop()
+
+
+def call(client, srv_type, name, request, timeout=TIMEOUT):
+    cli = client.create_client(srv_type, name)
+    try:
+        assert cli.wait_for_service(timeout_sec=TIMEOUT), f"no service {name}"
+        fut = cli.call_async(request)
+        wait_for(fut.done, timeout, f"response of {name}")
+        return fut.result()
+    finally:
+        client.destroy_client(cli)
+
+
+def ask_frame(client, node, question="What is it?", **fields):
+    return call(client, AskService, f"/{node.ns}/vlm/ask",
+                AskService.Request(question=question, image=image_msg(64, 48), **fields))
+
+
+def lifecycle_state(client, node) -> int:
+    return call(client, GetState, f"/{node.ns}/vlm/get_state", GetState.Request()).current_state.id
+
+
+def test_lifecycle_transitions_not_valid_now_are_refused_and_the_node_keeps_serving(client, start_node):
+    node = start_node()
+    change = f"/{node.ns}/vlm/change_state"
+    for transition in (Transition(id=Transition.TRANSITION_CLEANUP),  # cleanup while active
+                       Transition(id=Transition.TRANSITION_ACTIVATE),  # activate while active
+                       Transition(id=Transition.TRANSITION_CONFIGURE),
+                       Transition(id=250),  # no such transition at all
+                       Transition(label="jump")):
+        r = call(client, ChangeState, change, ChangeState.Request(transition=transition))
+        assert not r.success, transition
+        assert node.alive(), f"node died on transition {transition}:\n{node.log}"
+    assert "refused" in node.log and "not valid in state 'active'" in node.log
+    assert "Traceback" not in node.log, node.log
+    assert lifecycle_state(client, node) == State.PRIMARY_STATE_ACTIVE
+    assert ask_frame(client, node).success
+    # Valid transitions still work, by id, from a client.
+    assert call(client, ChangeState, change, ChangeState.Request(
+        transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success
+    assert not call(client, ChangeState, change, ChangeState.Request(
+        transition=Transition(id=Transition.TRANSITION_DEACTIVATE))).success  # twice: refused, alive
+    assert call(client, ChangeState, change, ChangeState.Request(
+        transition=Transition(id=Transition.TRANSITION_ACTIVATE))).success
+    assert ask_frame(client, node).success and node.alive()
+
+
+def test_fifty_simultaneous_service_calls_each_get_an_answer_or_a_refusal(client, start_node):
+    node = start_node(max_queue=2, max_new_tokens=32)
+    clients = [client.create_client(AskService, f"/{node.ns}/vlm/ask", qos_profile=BURST_QOS) for _ in range(50)]
+    try:
+        for c in clients:
+            assert c.wait_for_service(timeout_sec=TIMEOUT)
+        futures = [c.call_async(AskService.Request(question="Describe it.", image=image_msg(64, 48, i)))
+                   for i, c in enumerate(clients)]
+        wait_for(lambda: all(f.done() for f in futures), 60.0,
+                 f"all 50 responses ({sum(f.done() for f in futures)} came)")
+    finally:
+        for c in clients:
+            client.destroy_client(c)
+    results = [f.result() for f in futures]
+    answered = sum(r.success for r in results)
+    busy = sum(r.error.startswith("busy:") for r in results)
+    assert answered + busy == 50, [r.error for r in results if not r.success and not r.error.startswith("busy:")]
+    assert answered >= 3  # the one running and max_queue waiting ones at least
+    assert ask_frame(client, node).success and node.alive()
+
+
+def test_fifty_simultaneous_action_goals_each_get_a_result(client, start_node):
+    node = start_node(max_queue=2, max_new_tokens=32)
+    actions = [ActionClient(client, AskAction, f"/{node.ns}/vlm/ask", goal_service_qos_profile=BURST_QOS,
+                            result_service_qos_profile=BURST_QOS, cancel_service_qos_profile=BURST_QOS)
+               for _ in range(50)]
+    try:
+        for a in actions:
+            assert a.wait_for_server(timeout_sec=TIMEOUT)
+        sent = [a.send_goal_async(AskAction.Goal(question="Describe it.", image=image_msg(64, 48, i)))
+                for i, a in enumerate(actions)]
+        wait_for(lambda: all(f.done() for f in sent), 60.0, f"50 goal responses ({sum(f.done() for f in sent)} came)")
+        handles = [f.result() for f in sent]
+        rejected = sum(not h.accepted for h in handles)
+        results = [h.get_result_async() for h in handles if h.accepted]
+        wait_for(lambda: all(f.done() for f in results), 60.0,
+                 f"results of accepted goals ({sum(f.done() for f in results)}/{len(results)})")
+    finally:
+        for a in actions:
+            a.destroy()
+    results = [f.result() for f in results]
+    succeeded = sum(r.status == GoalStatus.STATUS_SUCCEEDED and r.result.success for r in results)
+    busy = sum(r.status == GoalStatus.STATUS_ABORTED and r.result.error.startswith("busy:") for r in results)
+    assert succeeded + busy + rejected == 50, [(r.status, r.result.error) for r in results]
+    assert succeeded >= 3
+    assert ask_frame(client, node).success and node.alive()
+
+
+def test_finished_goals_do_not_keep_their_request_images(client, start_node):
+    node = start_node()
+    action = ActionClient(client, AskAction, f"/{node.ns}/vlm/ask")
+    try:
+        assert action.wait_for_server(timeout_sec=TIMEOUT)
+
+        def run_goal(seed):
+            # 4000 x 3000 rgb8: 36 MB, above glibc's largest mmap threshold (32 MB), so every
+            # copy is its own mapping and a freed image really leaves the process.
+            goal = AskAction.Goal(question="What is it?", image=image_msg(4000, 3000, seed), max_new_tokens=2)
+            fut = action.send_goal_async(goal)
+            wait_for(fut.done, what="goal response")
+            res = fut.result().get_result_async()
+            wait_for(res.done, 60.0, "goal result")
+            assert res.result().result.success, res.result().result.error
+
+        run_goal(0)  # warm-up: DDS buffers and allocator pools sized for such messages
+        before = node.rss_mb()
+        for seed in range(1, 5):
+            run_goal(seed)
+        grown = node.rss_mb() - before
+    finally:
+        action.destroy()
+    # Four more 36 MB images held until rclpy's default result timeout (900 s) would add ~144 MB.
+    assert grown < 40, f"node RSS grew by {grown:.0f} MB over 4 goals with 36 MB images"
+
+
+@pytest.mark.parametrize("corruption, needle", [
+    ("file_entry_string", "manifest.json: files.vision"),
+    ("entry_without_bytes", "manifest.json: files.decoder.bytes"),
+    ("no_decoder_io", "manifest.json: decoder_io"),
+    ("image_size_string", "manifest.json: model.image_size"),
+    ("garbage_embeddings", "embed_tokens.npy"),
+])
+def test_a_corrupt_engine_is_one_log_line_and_the_node_stays_up(client, start_node, corrupt_engine, corruption,
+                                                                needle):
+    node = start_node(corrupt_engine(corruption), wait="cannot load the engine")
+    node.wait_log("cannot load the engine")
+    errors = [line for line in node.lines if "[ERROR]" in line]
+    assert len(errors) == 1 and needle in errors[0] and "re-run mobilevlm-export" in errors[0], node.log
+    assert "Traceback" not in node.log
+    assert node.alive()
+    assert lifecycle_state(client, node) == State.PRIMARY_STATE_UNCONFIGURED
+
+
+# -- corrupted copies of a real engine, shared with the CLI test -----------------------------------------
+
+def _edit_manifest(engine, fn):
+    path = os.path.join(engine, "manifest.json")
+    with open(path) as f:
+        data = json.load(f)
+    fn(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def corrupt(engine: str, corruption: str) -> None:
+    """Break a copy of an engine folder the way careless hands and bad disks do."""
+    if corruption == "file_entry_string":
+        _edit_manifest(engine, lambda d: d["files"].update(vision="vision.onnx"))
+    elif corruption == "entry_without_bytes":
+        _edit_manifest(engine, lambda d: d["files"]["decoder"].pop("bytes"))
+    elif corruption == "no_decoder_io":
+        _edit_manifest(engine, lambda d: d.pop("decoder_io"))
+    elif corruption == "image_size_string":
+        _edit_manifest(engine, lambda d: d["model"].update(image_size="112"))
+    elif corruption == "garbage_embeddings":
+        from mobilevlm_ros.runtime import manifest as mf
+
+        path = os.path.join(engine, "embed_tokens.npy")
+        with open(path, "wb") as f:
+            f.write(os.urandom(4096))
+        entry = {"path": "embed_tokens.npy", "bytes": 4096, "sha256": mf.sha256(path)}
+        _edit_manifest(engine, lambda d: d["files"].update(embeddings=entry))
+    else:
+        raise ValueError(corruption)
+
+
+@pytest.fixture
+def corrupt_engine(tmp_path, engines):
+    def make(corruption: str) -> str:
+        dst = str(tmp_path / corruption)
+        shutil.copytree(engines("tiny", "fp32"), dst)
+        corrupt(dst, corruption)
+        return dst
+
+    return make
