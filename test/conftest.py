@@ -6,7 +6,9 @@ architecture, V2 (LDPv2) and V1 (LDP).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import pytest
 
@@ -64,3 +66,54 @@ def reference(checkpoints):
         return made[name]
 
     return get
+
+
+# Ways careless hands and bad disks break an engine folder, each with the text its error must name.
+CORRUPTIONS = {
+    "file_entry_string": "manifest.json: files.vision",
+    "entry_without_bytes": "manifest.json: files.decoder.bytes",
+    "no_decoder_io": "manifest.json: decoder_io",
+    "image_size_string": "manifest.json: model.image_size",
+    "garbage_embeddings": "engine file embed_tokens.npy",
+    "head_dim_24": "head_dim 24 is not a multiple of 16",
+}
+
+
+def _edit_manifest(engine: str, fn) -> None:
+    path = os.path.join(engine, "manifest.json")
+    with open(path) as f:
+        data = json.load(f)
+    fn(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+@pytest.fixture
+def corrupt_engine(tmp_path, engines):
+    """corrupt_engine(name of CORRUPTIONS) -> a copy of the tiny fp32 engine, broken that way."""
+    def make(corruption: str) -> str:
+        from mobilevlm_ros.runtime import manifest as mf
+
+        engine = str(tmp_path / corruption)
+        shutil.copytree(engines("tiny", "fp32"), engine)
+        if corruption == "file_entry_string":
+            _edit_manifest(engine, lambda d: d["files"].update(vision="vision.onnx"))
+        elif corruption == "entry_without_bytes":
+            _edit_manifest(engine, lambda d: d["files"]["decoder"].pop("bytes"))
+        elif corruption == "no_decoder_io":
+            _edit_manifest(engine, lambda d: d.pop("decoder_io"))
+        elif corruption == "image_size_string":
+            _edit_manifest(engine, lambda d: d["model"].update(image_size="112"))
+        elif corruption == "garbage_embeddings":  # and a manifest that vouches for it
+            path = os.path.join(engine, "embed_tokens.npy")
+            with open(path, "wb") as f:
+                f.write(os.urandom(4096))
+            entry = {"path": "embed_tokens.npy", "bytes": 4096, "sha256": mf.sha256(path)}
+            _edit_manifest(engine, lambda d: d["files"].update(embeddings=entry))
+        elif corruption == "head_dim_24":
+            _edit_manifest(engine, lambda d: d["model"].update(head_dim=24))
+        else:
+            raise ValueError(corruption)
+        return engine
+
+    return make

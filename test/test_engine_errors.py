@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import CORRUPTIONS
 from mobilevlm_ros.runtime import manifest as mf
 from mobilevlm_ros.runtime.errors import EngineError
 from mobilevlm_ros.runtime.vlm import VLM
@@ -110,11 +112,93 @@ def test_embedding_table_of_the_wrong_shape(engine_copy):
         VLM(engine_copy)
 
 
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupt_engines_are_one_engine_error_naming_the_field_or_file(corrupt_engine, corruption):
+    engine = corrupt_engine(corruption)
+    with pytest.raises(EngineError) as e:
+        VLM(engine)
+    assert CORRUPTIONS[corruption] in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("image_size", 0, "model.image_size: 0 is not a positive integer"),
+    ("image_tokens", True, "model.image_tokens: True is not a positive integer"),
+    ("eos_token_id", -1, "model.eos_token_id: -1 is not a token id"),
+    ("template", "chatml", "model.template: 'chatml' is not one of v1"),
+    ("image_std", [0.2, 0.0, 0.3], "model.image_std: [0.2, 0.0, 0.3] is not a list of 3 positive numbers"),
+    ("image_mean", [0.5, "x", 0.5], "model.image_mean"),
+])
+def test_manifest_values_are_checked_not_only_keys(engine_copy, field, value, needle):
+    _edit_manifest(engine_copy, lambda d: d["model"].update({field: value}))
+    with pytest.raises(EngineError, match=re.escape(needle)):
+        VLM(engine_copy)
+
+
+def test_decoder_io_names_must_hold_one_layer_placeholder(engine_copy):
+    _edit_manifest(engine_copy, lambda d: d["decoder_io"].update(past_key="past_key_values.key"))
+    with pytest.raises(EngineError, match="decoder_io.past_key: 'past_key_values.key' is not a name with one %d"):
+        VLM(engine_copy)
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])
+def test_engine_files_must_lie_inside_the_engine_folder(tmp_path, engine_copy, where):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"not yours" * 100)
+    rel = {"absolute": str(secret), "dotdot": "../secret.bin", "symlink": "link.bin"}[where]
+    if where == "symlink":
+        os.symlink(secret, os.path.join(engine_copy, "link.bin"))
+    entry = {"path": rel, "bytes": 1, "sha256": "0" * 64}  # a wrong size: must not be reported
+    _edit_manifest(engine_copy, lambda d: d["files"].update(tokenizer=entry))
+    with pytest.raises(EngineError, match="lies outside the engine folder") as e:
+        VLM(engine_copy)
+    assert "900" not in str(e.value)  # the outside file's size is not revealed
+
+
+def test_a_symlink_inside_the_folder_is_fine(engine_copy):
+    os.rename(os.path.join(engine_copy, "tokenizer.model"), os.path.join(engine_copy, "real.model"))
+    os.symlink("real.model", os.path.join(engine_copy, "tokenizer.model"))
+    assert VLM(engine_copy).tokenizer.vocab_size == 512
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(engine_copy):
+    _edit_manifest(engine_copy, lambda d: d["model"].update(vocab_size=100))
+    with pytest.raises(EngineError, match="tokenizer.model: 512 tokens, the model has 100"):
+        VLM(engine_copy)
+
+
+def test_an_onnxruntime_failure_while_running_is_one_engine_error(engines):
+    import onnxruntime as ort
+
+    vlm = VLM(engines("tiny", "fp32"), backend="cpu", threads=1)
+    # A real onnxruntime error from a real session: pixels of the wrong size for the vision graph.
+    with pytest.raises(EngineError, match="engine file vision.onnx: onnxruntime failed while running it"):
+        vlm.vision(np.zeros((1, 3, 50, 50), np.float32))
+    assert isinstance(vlm.vision.session, ort.InferenceSession)
+    answer = vlm.describe(np.full((48, 64, 3), 90, np.uint8), "What is it?")  # and it still answers
+    assert answer.timings.new_tokens >= 1
+
+
+def test_export_refuses_a_head_dim_the_runtime_cannot_run(checkpoints, tmp_path):
+    import json as _json
+
+    from mobilevlm_ros.model.export import export
+    from mobilevlm_ros.runtime.errors import CheckpointError
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(checkpoints("tiny"), src)
+    cfg = _json.loads((src / "config.json").read_text())
+    cfg.update(hidden_size=96, num_attention_heads=4, num_key_value_heads=4)  # head_dim 24
+    (src / "config.json").write_text(_json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="head_dim 24 .* multiple of 16"):
+        export(str(src), str(tmp_path / "e"), "fp32", "cpu", log=lambda s: None)
+    assert not (tmp_path / "e").exists()  # refused before anything was written
+
+
 def _caption(*args):
     return subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.caption", *args], capture_output=True, text=True)
 
 
-def test_caption_cli_errors_are_one_line(tmp_path, engines, engine_copy):
+def test_caption_cli_errors_are_one_line(tmp_path, engines, engine_copy, corrupt_engine):
     good_engine = engines("tiny", "fp32")
     img = tmp_path / "x.png"
     from PIL import Image
@@ -128,6 +212,8 @@ def test_caption_cli_errors_are_one_line(tmp_path, engines, engine_copy):
         (good_engine, str(corrupt), "corrupt.jpg"),
         (engine_copy, str(img), "tokenizer.model"),
     ]
+    for corruption in sorted(CORRUPTIONS):
+        cases.append((corrupt_engine(corruption), str(img), CORRUPTIONS[corruption]))
     for engine, image, needle in cases:
         r = _caption(engine, image)
         assert r.returncode != 0

@@ -357,6 +357,36 @@ def test_compressed_refusals():
     assert "over the limit" in text and "9000x8000" in text
 
 
+def _radiance_hdr(width, height):
+    """A Radiance HDR file claiming width x height: a text header and a few flat RGBE scanlines."""
+    header = f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {height} +X {width}\n".encode()
+    return header + bytes([128, 64, 32, 129]) * 1000
+
+
+OTHER_FORMATS = {
+    "hdr": lambda: _radiance_hdr(9000, 9000),  # 81 Mpx in 4 kB: OpenCV decoded such files in full
+    "bmp": lambda: pil_bytes(REF, "BMP"),
+    "tiff": lambda: pil_bytes(REF, "TIFF"),
+    "webp": lambda: pil_bytes(REF, "WEBP", lossless=True),
+    "gif": lambda: pil_bytes(REF, "GIF"),
+    "ppm": lambda: b"P6\n9000 9000\n255\n" + bytes(300),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_FORMATS))
+def test_only_jpeg_and_png_reach_a_decoder(kind, monkeypatch):
+    import mobilevlm_ros.image_convert as ic
+
+    decoded, imdecode = [], ic.cv2.imdecode
+    monkeypatch.setattr(ic.cv2, "imdecode", lambda *a: decoded.append(a) or imdecode(*a))
+    for fmt in (kind, "jpeg", "png"):  # whatever the sender calls it
+        text = refusal(make_compressed(OTHER_FORMATS[kind](), fmt), compressed_to_rgb)
+        assert "not JPEG or PNG data" in text and "accepted: JPEG, PNG" in text
+    assert decoded == []
+    np.testing.assert_array_equal(compressed_to_rgb(make_compressed(pil_bytes(REF, "PNG"), "png")), REF)
+    assert len(decoded) == 1
+
+
 def test_msg_to_rgb_dispatch_and_refusal():
     np.testing.assert_array_equal(msg_to_rgb(make_image("rgb8", W, H, REF)), REF)
     np.testing.assert_array_equal(msg_to_rgb(make_compressed(pil_bytes(REF, "PNG"), "png")), REF)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from mobilevlm_ros.action import Ask as AskAction  # noqa: E402
 from mobilevlm_ros.srv import Ask as AskService  # noqa: E402
+from conftest import CORRUPTIONS  # noqa: E402
 
 TIMEOUT = 30.0
 # DDS hands every response of a service to every client of it, each of which keeps the newest
@@ -249,63 +249,12 @@ def test_finished_goals_do_not_keep_their_request_images(client, start_node):
     assert grown < 40, f"node RSS grew by {grown:.0f} MB over 4 goals with 36 MB images"
 
 
-@pytest.mark.parametrize("corruption, needle", [
-    ("file_entry_string", "manifest.json: files.vision"),
-    ("entry_without_bytes", "manifest.json: files.decoder.bytes"),
-    ("no_decoder_io", "manifest.json: decoder_io"),
-    ("image_size_string", "manifest.json: model.image_size"),
-    ("garbage_embeddings", "embed_tokens.npy"),
-])
-def test_a_corrupt_engine_is_one_log_line_and_the_node_stays_up(client, start_node, corrupt_engine, corruption,
-                                                                needle):
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_corrupt_engine_is_one_log_line_and_the_node_stays_up(client, start_node, corrupt_engine, corruption):
     node = start_node(corrupt_engine(corruption), wait="cannot load the engine")
     node.wait_log("cannot load the engine")
     errors = [line for line in node.lines if "[ERROR]" in line]
-    assert len(errors) == 1 and needle in errors[0] and "re-run mobilevlm-export" in errors[0], node.log
+    assert len(errors) == 1 and CORRUPTIONS[corruption] in errors[0], node.log
     assert "Traceback" not in node.log
     assert node.alive()
     assert lifecycle_state(client, node) == State.PRIMARY_STATE_UNCONFIGURED
-
-
-# -- corrupted copies of a real engine, shared with the CLI test -----------------------------------------
-
-def _edit_manifest(engine, fn):
-    path = os.path.join(engine, "manifest.json")
-    with open(path) as f:
-        data = json.load(f)
-    fn(data)
-    with open(path, "w") as f:
-        json.dump(data, f)
-
-
-def corrupt(engine: str, corruption: str) -> None:
-    """Break a copy of an engine folder the way careless hands and bad disks do."""
-    if corruption == "file_entry_string":
-        _edit_manifest(engine, lambda d: d["files"].update(vision="vision.onnx"))
-    elif corruption == "entry_without_bytes":
-        _edit_manifest(engine, lambda d: d["files"]["decoder"].pop("bytes"))
-    elif corruption == "no_decoder_io":
-        _edit_manifest(engine, lambda d: d.pop("decoder_io"))
-    elif corruption == "image_size_string":
-        _edit_manifest(engine, lambda d: d["model"].update(image_size="112"))
-    elif corruption == "garbage_embeddings":
-        from mobilevlm_ros.runtime import manifest as mf
-
-        path = os.path.join(engine, "embed_tokens.npy")
-        with open(path, "wb") as f:
-            f.write(os.urandom(4096))
-        entry = {"path": "embed_tokens.npy", "bytes": 4096, "sha256": mf.sha256(path)}
-        _edit_manifest(engine, lambda d: d["files"].update(embeddings=entry))
-    else:
-        raise ValueError(corruption)
-
-
-@pytest.fixture
-def corrupt_engine(tmp_path, engines):
-    def make(corruption: str) -> str:
-        dst = str(tmp_path / corruption)
-        shutil.copytree(engines("tiny", "fp32"), dst)
-        corrupt(dst, corruption)
-        return dst
-
-    return make

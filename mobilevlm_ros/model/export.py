@@ -26,11 +26,25 @@ import torch
 from .. import __version__
 from ..runtime import manifest as mf
 from ..runtime.errors import CheckpointError
-from .loader import load_checkpoint, resolve
+from ..runtime.engines import HEAD_DIM_MULTIPLE
+from .config import MobileVLMConfig
+from .loader import load_checkpoint, read_config, resolve
 from .reference import MobileVLM
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 TARGETS = ("cpu", "cuda")
+
+
+def check_runnable(cfg: MobileVLMConfig) -> None:
+    """Refuse, before any work, a model whose decoder the runtime's attention kernel cannot run."""
+    hidden, heads = cfg.llm["hidden_size"], cfg.llm["num_attention_heads"]
+    if hidden % heads:
+        raise CheckpointError(f"config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+    if (hidden // heads) % HEAD_DIM_MULTIPLE:
+        raise CheckpointError(
+            f"config.json: head_dim {hidden // heads} (hidden_size {hidden} / {heads} heads) is not a multiple of "
+            f"{HEAD_DIM_MULTIPLE}: onnxruntime's GroupQueryAttention, which the decoder runs on, cannot run it "
+            "(MobileVLM's head_dims are 128 and 80)")
 
 
 def export_vision(model: MobileVLM, path: str) -> None:
@@ -124,6 +138,7 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     tokenizer_src = os.path.join(folder, "tokenizer.model")
     if not os.path.isfile(tokenizer_src):
         raise CheckpointError(f"{folder}: no tokenizer.model")
+    check_runnable(read_config(folder, vision_tower)[0])
     t0 = time.time()
     model = load_checkpoint(folder, vision_tower=vision_tower)
     cfg = model.config
