@@ -38,8 +38,8 @@ PARAMS = (
     Param("qos_depth", 1, "camera subscription queue depth (the node keeps only the newest frame anyway)", (1, 100)),
     Param("caption_rate_hz", 0.5, "captions per second and camera; 0: no periodic captions", (0.0, 30.0), True),
     Param("caption_prompt", DEFAULT_CAPTION_QUESTION, "the question a caption answers", None, True),
-    Param("max_new_tokens", 64, "answer length limit in tokens (a request may ask for less or more)",
-          (1, MAX_NEW_TOKENS_LIMIT), True),
+    Param("max_new_tokens", 64, "answer length limit in tokens (a request may ask for less or more); with "
+                                "caption_prompt it must fit the engine's context", (1, MAX_NEW_TOKENS_LIMIT), True),
     Param("temperature", 0.0, "sampling temperature; 0: greedy, as the model was evaluated", (0.0, 2.0), True),
     Param("top_p", 1.0, "nucleus sampling mass (with temperature > 0)", (0.01, 1.0), True),
     Param("max_queue", 2, "questions that may wait while one is answered; more are refused as busy", (0, 8), True),

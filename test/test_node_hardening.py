@@ -36,6 +36,10 @@ TIMEOUT = 30.0
 # `depth`: a burst of 50 needs clients at least that deep (rclpy's default depth is 10), or the
 # clients drop their own answers among the others'. The node's side is what these tests check.
 BURST_QOS = QoSProfile(depth=64)
+# A client sees the server before the server has matched the client's reply reader; a reply sent
+# in between is lost (Fast DDS waits only about 100 ms for the match). Fifty new clients take a
+# while to be discovered on two cores, so the burst starts once discovery has settled.
+DISCOVERY_SETTLE_S = 2.0
 
 
 def wait_for(predicate, timeout=TIMEOUT, what="condition"):
@@ -180,6 +184,7 @@ def test_fifty_simultaneous_service_calls_each_get_an_answer_or_a_refusal(client
     try:
         for c in clients:
             assert c.wait_for_service(timeout_sec=TIMEOUT)
+        time.sleep(DISCOVERY_SETTLE_S)
         futures = [c.call_async(AskService.Request(question="Describe it.", image=image_msg(64, 48, i)))
                    for i, c in enumerate(clients)]
         wait_for(lambda: all(f.done() for f in futures), 60.0,
@@ -203,6 +208,7 @@ def test_fifty_simultaneous_action_goals_each_get_a_result(client, start_node):
     try:
         for a in actions:
             assert a.wait_for_server(timeout_sec=TIMEOUT)
+        time.sleep(DISCOVERY_SETTLE_S)
         sent = [a.send_goal_async(AskAction.Goal(question="Describe it.", image=image_msg(64, 48, i)))
                 for i, a in enumerate(actions)]
         wait_for(lambda: all(f.done() for f in sent), 60.0, f"50 goal responses ({sum(f.done() for f in sent)} came)")
@@ -258,3 +264,43 @@ def test_a_corrupt_engine_is_one_log_line_and_the_node_stays_up(client, start_no
     assert "Traceback" not in node.log
     assert node.alive()
     assert lifecycle_state(client, node) == State.PRIMARY_STATE_UNCONFIGURED
+
+
+def test_a_flood_on_two_cameras_keeps_memory_flat_and_captions_current(client, start_node):
+    from rclpy.qos import qos_profile_sensor_data
+
+    from mobilevlm_ros.msg import Caption
+
+    node = start_node(cameras=["front", "rear"], caption_rate_hz=30.0, max_new_tokens=4)
+    captions = []
+    sub = client.create_subscription(Caption, f"/{node.ns}/vlm/caption", captions.append, 100)
+    pubs = {cam: client.create_publisher(Image, f"/{node.ns}/{cam}/image_raw", qos_profile_sensor_data)
+            for cam in ("front", "rear")}
+    try:
+        for pub in pubs.values():
+            wait_for(lambda: pub.get_subscription_count() > 0, what="camera subscription")
+        frames = [image_msg(640, 480, seed) for seed in range(4)]
+
+        def flood(seconds, first_stamp):  # ~100 Hz per camera
+            end, i = time.monotonic() + seconds, 0
+            while time.monotonic() < end:
+                for pub in pubs.values():
+                    msg = frames[i % len(frames)]
+                    msg.header.stamp.sec = first_stamp + i
+                    pub.publish(msg)
+                i += 1
+                time.sleep(0.01)
+            return first_stamp + i - 1
+
+        flood(1.0, 0)  # warm-up: DDS and allocator pools
+        before = node.rss_mb()
+        last = flood(4.0, 1000)
+        grown = node.rss_mb() - before
+        wait_for(lambda: {c.camera for c in captions if c.header.stamp.sec >= last - 100} == {"front", "rear"},
+                 10.0, "captions of the newest frames of both cameras")
+    finally:
+        client.destroy_subscription(sub)
+        for pub in pubs.values():
+            client.destroy_publisher(pub)
+    assert grown < 30, f"node RSS grew by {grown:.0f} MB during the flood"
+    assert node.alive() and ask_frame(client, node).success
