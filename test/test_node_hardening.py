@@ -103,9 +103,17 @@ class NodeProcess:
 
 
 @pytest.fixture(scope="module")
-def client():
+def ros():
     rclpy.init()
-    node = rclpy.create_node("hardening_client")
+    yield
+    rclpy.shutdown()
+
+
+@pytest.fixture
+def client(ros):
+    """A client node of its own per test. Its clients are never destroyed while it spins (rclpy's
+    executor thread can die on that); they go with the node once the executor has stopped."""
+    node = rclpy.create_node(f"hardening_client_{time.monotonic_ns()}")
     executor = rclpy.executors.MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
@@ -113,7 +121,6 @@ def client():
     yield node
     executor.shutdown()
     node.destroy_node()
-    rclpy.shutdown()
 
 
 @pytest.fixture
@@ -135,13 +142,10 @@ def start_node(engines):
 
 def call(client, srv_type, name, request, timeout=TIMEOUT):
     cli = client.create_client(srv_type, name)
-    try:
-        assert cli.wait_for_service(timeout_sec=TIMEOUT), f"no service {name}"
-        fut = cli.call_async(request)
-        wait_for(fut.done, timeout, f"response of {name}")
-        return fut.result()
-    finally:
-        client.destroy_client(cli)
+    assert cli.wait_for_service(timeout_sec=TIMEOUT), f"no service {name}"
+    fut = cli.call_async(request)
+    wait_for(fut.done, timeout, f"response of {name}")
+    return fut.result()
 
 
 def ask_frame(client, node, question="What is it?", **fields):
@@ -181,17 +185,12 @@ def test_lifecycle_transitions_not_valid_now_are_refused_and_the_node_keeps_serv
 def test_fifty_simultaneous_service_calls_each_get_an_answer_or_a_refusal(client, start_node):
     node = start_node(max_queue=2, max_new_tokens=32)
     clients = [client.create_client(AskService, f"/{node.ns}/vlm/ask", qos_profile=BURST_QOS) for _ in range(50)]
-    try:
-        for c in clients:
-            assert c.wait_for_service(timeout_sec=TIMEOUT)
-        time.sleep(DISCOVERY_SETTLE_S)
-        futures = [c.call_async(AskService.Request(question="Describe it.", image=image_msg(64, 48, i)))
-                   for i, c in enumerate(clients)]
-        wait_for(lambda: all(f.done() for f in futures), 60.0,
-                 f"all 50 responses ({sum(f.done() for f in futures)} came)")
-    finally:
-        for c in clients:
-            client.destroy_client(c)
+    for c in clients:
+        assert c.wait_for_service(timeout_sec=TIMEOUT)
+    time.sleep(DISCOVERY_SETTLE_S)
+    futures = [c.call_async(AskService.Request(question="Describe it.", image=image_msg(64, 48, i)))
+               for i, c in enumerate(clients)]
+    wait_for(lambda: all(f.done() for f in futures), 60.0, f"all 50 responses ({sum(f.done() for f in futures)} came)")
     results = [f.result() for f in futures]
     answered = sum(r.success for r in results)
     busy = sum(r.error.startswith("busy:") for r in results)
@@ -205,21 +204,17 @@ def test_fifty_simultaneous_action_goals_each_get_a_result(client, start_node):
     actions = [ActionClient(client, AskAction, f"/{node.ns}/vlm/ask", goal_service_qos_profile=BURST_QOS,
                             result_service_qos_profile=BURST_QOS, cancel_service_qos_profile=BURST_QOS)
                for _ in range(50)]
-    try:
-        for a in actions:
-            assert a.wait_for_server(timeout_sec=TIMEOUT)
-        time.sleep(DISCOVERY_SETTLE_S)
-        sent = [a.send_goal_async(AskAction.Goal(question="Describe it.", image=image_msg(64, 48, i)))
-                for i, a in enumerate(actions)]
-        wait_for(lambda: all(f.done() for f in sent), 60.0, f"50 goal responses ({sum(f.done() for f in sent)} came)")
-        handles = [f.result() for f in sent]
-        rejected = sum(not h.accepted for h in handles)
-        results = [h.get_result_async() for h in handles if h.accepted]
-        wait_for(lambda: all(f.done() for f in results), 60.0,
-                 f"results of accepted goals ({sum(f.done() for f in results)}/{len(results)})")
-    finally:
-        for a in actions:
-            a.destroy()
+    for a in actions:
+        assert a.wait_for_server(timeout_sec=TIMEOUT)
+    time.sleep(DISCOVERY_SETTLE_S)
+    sent = [a.send_goal_async(AskAction.Goal(question="Describe it.", image=image_msg(64, 48, i)))
+            for i, a in enumerate(actions)]
+    wait_for(lambda: all(f.done() for f in sent), 60.0, f"50 goal responses ({sum(f.done() for f in sent)} came)")
+    handles = [f.result() for f in sent]
+    rejected = sum(not h.accepted for h in handles)
+    results = [h.get_result_async() for h in handles if h.accepted]
+    wait_for(lambda: all(f.done() for f in results), 60.0,
+             f"results of accepted goals ({sum(f.done() for f in results)}/{len(results)})")
     results = [f.result() for f in results]
     succeeded = sum(r.status == GoalStatus.STATUS_SUCCEEDED and r.result.success for r in results)
     busy = sum(r.status == GoalStatus.STATUS_ABORTED and r.result.error.startswith("busy:") for r in results)
@@ -231,26 +226,23 @@ def test_fifty_simultaneous_action_goals_each_get_a_result(client, start_node):
 def test_finished_goals_do_not_keep_their_request_images(client, start_node):
     node = start_node()
     action = ActionClient(client, AskAction, f"/{node.ns}/vlm/ask")
-    try:
-        assert action.wait_for_server(timeout_sec=TIMEOUT)
+    assert action.wait_for_server(timeout_sec=TIMEOUT)
 
-        def run_goal(seed):
-            # 4000 x 3000 rgb8: 36 MB, above glibc's largest mmap threshold (32 MB), so every
-            # copy is its own mapping and a freed image really leaves the process.
-            goal = AskAction.Goal(question="What is it?", image=image_msg(4000, 3000, seed), max_new_tokens=2)
-            fut = action.send_goal_async(goal)
-            wait_for(fut.done, what="goal response")
-            res = fut.result().get_result_async()
-            wait_for(res.done, 60.0, "goal result")
-            assert res.result().result.success, res.result().result.error
+    def run_goal(seed):
+        # 4000 x 3000 rgb8: 36 MB, above glibc's largest mmap threshold (32 MB), so every copy is
+        # its own mapping and a freed image really leaves the process.
+        goal = AskAction.Goal(question="What is it?", image=image_msg(4000, 3000, seed), max_new_tokens=2)
+        fut = action.send_goal_async(goal)
+        wait_for(fut.done, what="goal response")
+        res = fut.result().get_result_async()
+        wait_for(res.done, 60.0, "goal result")
+        assert res.result().result.success, res.result().result.error
 
-        run_goal(0)  # warm-up: DDS buffers and allocator pools sized for such messages
-        before = node.rss_mb()
-        for seed in range(1, 5):
-            run_goal(seed)
-        grown = node.rss_mb() - before
-    finally:
-        action.destroy()
+    run_goal(0)  # warm-up: DDS buffers and allocator pools sized for such messages
+    before = node.rss_mb()
+    for seed in range(1, 5):
+        run_goal(seed)
+    grown = node.rss_mb() - before
     # Four more 36 MB images held until rclpy's default result timeout (900 s) would add ~144 MB.
     assert grown < 40, f"node RSS grew by {grown:.0f} MB over 4 goals with 36 MB images"
 
@@ -273,34 +265,29 @@ def test_a_flood_on_two_cameras_keeps_memory_flat_and_captions_current(client, s
 
     node = start_node(cameras=["front", "rear"], caption_rate_hz=30.0, max_new_tokens=4)
     captions = []
-    sub = client.create_subscription(Caption, f"/{node.ns}/vlm/caption", captions.append, 100)
-    pubs = {cam: client.create_publisher(Image, f"/{node.ns}/{cam}/image_raw", qos_profile_sensor_data)
-            for cam in ("front", "rear")}
-    try:
-        for pub in pubs.values():
-            wait_for(lambda: pub.get_subscription_count() > 0, what="camera subscription")
-        frames = [image_msg(640, 480, seed) for seed in range(4)]
+    client.create_subscription(Caption, f"/{node.ns}/vlm/caption", captions.append, 100)
+    pubs = [client.create_publisher(Image, f"/{node.ns}/{cam}/image_raw", qos_profile_sensor_data)
+            for cam in ("front", "rear")]
+    for pub in pubs:
+        wait_for(lambda: pub.get_subscription_count() > 0, what="camera subscription")
+    frames = [image_msg(640, 480, seed) for seed in range(4)]
 
-        def flood(seconds, first_stamp):  # ~100 Hz per camera
-            end, i = time.monotonic() + seconds, 0
-            while time.monotonic() < end:
-                for pub in pubs.values():
-                    msg = frames[i % len(frames)]
-                    msg.header.stamp.sec = first_stamp + i
-                    pub.publish(msg)
-                i += 1
-                time.sleep(0.01)
-            return first_stamp + i - 1
+    def flood(seconds, first_stamp):  # ~100 Hz per camera
+        end, i = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            for pub in pubs:
+                msg = frames[i % len(frames)]
+                msg.header.stamp.sec = first_stamp + i
+                pub.publish(msg)
+            i += 1
+            time.sleep(0.01)
+        return first_stamp + i - 1
 
-        flood(1.0, 0)  # warm-up: DDS and allocator pools
-        before = node.rss_mb()
-        last = flood(4.0, 1000)
-        grown = node.rss_mb() - before
-        wait_for(lambda: {c.camera for c in captions if c.header.stamp.sec >= last - 100} == {"front", "rear"},
-                 10.0, "captions of the newest frames of both cameras")
-    finally:
-        client.destroy_subscription(sub)
-        for pub in pubs.values():
-            client.destroy_publisher(pub)
+    flood(1.0, 0)  # warm-up: DDS and allocator pools
+    before = node.rss_mb()
+    last = flood(4.0, 1000)
+    grown = node.rss_mb() - before
+    wait_for(lambda: {c.camera for c in captions if c.header.stamp.sec >= last - 100} == {"front", "rear"},
+             10.0, "captions of the newest frames of both cameras")
     assert grown < 30, f"node RSS grew by {grown:.0f} MB during the flood"
     assert node.alive() and ask_frame(client, node).success
