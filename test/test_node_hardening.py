@@ -37,8 +37,9 @@ TIMEOUT = 30.0
 # clients drop their own answers among the others'. The node's side is what these tests check.
 BURST_QOS = QoSProfile(depth=64)
 # A client sees the server before the server has matched the client's reply reader; a reply sent
-# in between is lost (Fast DDS waits only about 100 ms for the match). Fifty new clients take a
-# while to be discovered on two cores, so the burst starts once discovery has settled.
+# in between is lost (Fast DDS waits only about 100 ms for the match; a known ROS 2 race, and one
+# the node cannot see). Between two processes on two busy cores discovery takes longer than that,
+# so a fresh client waits for it to settle before its first request.
 DISCOVERY_SETTLE_S = 2.0
 
 
@@ -102,6 +103,14 @@ class NodeProcess:
                 self.proc.wait()
 
 
+class ClientNode(rclpy.node.Node):
+    """The other side: a plain node, with one client per service it calls."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.service_clients = {}
+
+
 @pytest.fixture(scope="module")
 def ros():
     rclpy.init()
@@ -113,7 +122,7 @@ def ros():
 def client(ros):
     """A client node of its own per test. Its clients are never destroyed while it spins (rclpy's
     executor thread can die on that); they go with the node once the executor has stopped."""
-    node = rclpy.create_node(f"hardening_client_{time.monotonic_ns()}")
+    node = ClientNode(f"hardening_client_{time.monotonic_ns()}")
     executor = rclpy.executors.MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
@@ -141,8 +150,12 @@ def start_node(engines):
 
 
 def call(client, srv_type, name, request, timeout=TIMEOUT):
-    cli = client.create_client(srv_type, name)
-    assert cli.wait_for_service(timeout_sec=TIMEOUT), f"no service {name}"
+    """One request; each service gets one client per test, ready once discovery has settled."""
+    cli = client.service_clients.get(name)
+    if cli is None:
+        cli = client.service_clients[name] = client.create_client(srv_type, name)
+        assert cli.wait_for_service(timeout_sec=TIMEOUT), f"no service {name}"
+        time.sleep(DISCOVERY_SETTLE_S)
     fut = cli.call_async(request)
     wait_for(fut.done, timeout, f"response of {name}")
     return fut.result()
@@ -227,6 +240,7 @@ def test_finished_goals_do_not_keep_their_request_images(client, start_node):
     node = start_node()
     action = ActionClient(client, AskAction, f"/{node.ns}/vlm/ask")
     assert action.wait_for_server(timeout_sec=TIMEOUT)
+    time.sleep(DISCOVERY_SETTLE_S)
 
     def run_goal(seed):
         # 4000 x 3000 rgb8: 36 MB, above glibc's largest mmap threshold (32 MB), so every copy is
