@@ -42,7 +42,7 @@ from __future__ import annotations
 import array
 import io
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import cv2
 import numpy as np

@@ -78,8 +78,8 @@ class DecoderEngine:
             raise EngineError(f"engine file {self.file}: graph lacks {', '.join(missing) or io['logits']} "
                               "(does not match the manifest); re-run mobilevlm-export")
         if inputs[io["inputs_embeds"]].shape[-1] != self.hidden:
-            raise EngineError(f"engine file {self.file}: inputs_embeds width "
-                              f"{inputs[io['inputs_embeds']].shape[-1]}, manifest says {self.hidden}; re-run mobilevlm-export")
+            raise EngineError(f"engine file {self.file}: inputs_embeds width {inputs[io['inputs_embeds']].shape[-1]}, "
+                              f"manifest says {self.hidden}; re-run mobilevlm-export")
         self.embed_dtype = self._dtype(inputs[io["inputs_embeds"]])
         kv_heads = inputs[self.past[0][0]].shape[1]
         if isinstance(kv_heads, int) and kv_heads != m["num_kv_heads"]:
