@@ -30,7 +30,8 @@ def _scene(seed: int, w: int = 320, h: int = 240) -> np.ndarray:
     return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-v1"])
+# tiny-gqa: grouped-query attention (2 heads, 1 KV head), head_dim 64, tied embeddings.
+@pytest.mark.parametrize("name", ["tiny", "tiny-v1", "tiny-gqa"])
 def test_fp32_engine_matches_reference(name, engines, reference):
     vlm = VLM(engines(name, "fp32"), backend="cpu", threads=1)
     model = reference(name)
@@ -68,6 +69,11 @@ def test_second_question_on_same_frame_reuses_prefix_and_matches_fresh_run(engin
     assert second.token_ids == fresh.token_ids
 
 
+def test_tied_gqa_engine_has_the_shape_of_its_config(engines):
+    m = mf.load(engines("tiny-gqa", "fp32")).model
+    assert (m["num_heads"], m["num_kv_heads"], m["head_dim"]) == (2, 1, 64)
+
+
 def _teacher_forced_agreement(engine_q: str, engine_fp32: str, rgb: np.ndarray) -> float:
     """Share of positions where the quantized engine's greedy choice equals fp32's, along fp32's sequence."""
     params = GenerationParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
@@ -82,16 +88,17 @@ def _teacher_forced_agreement(engine_q: str, engine_fp32: str, rgb: np.ndarray) 
     return agree / len(tokens)
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny-gqa"])
 @pytest.mark.parametrize("precision,floor", [("int8", 0.75), ("int4", 0.5)])
-def test_quantized_engines_agree_with_fp32(precision, floor, engines):
+def test_quantized_engines_agree_with_fp32(name, precision, floor, engines):
     import onnx
 
-    graph = onnx.load(mf.load(engines("tiny", precision)).path("decoder"), load_external_data=False).graph
+    graph = onnx.load(mf.load(engines(name, precision)).path("decoder"), load_external_data=False).graph
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {int(precision[3:])}, "the decoder's matrices were not quantized"
-    rates = [_teacher_forced_agreement(engines("tiny", precision), engines("tiny", "fp32"), _scene(s)) for s in range(3)]
+    rates = [_teacher_forced_agreement(engines(name, precision), engines(name, "fp32"), _scene(s)) for s in range(3)]
     rate = float(np.mean(rates))
-    print(f"\n{precision}: greedy agreement with fp32 (teacher-forced, {NEW_TOKENS} tokens x 3 images) = {rate:.2f}")
+    print(f"\n{name} {precision}: greedy agreement with fp32 (teacher-forced, {NEW_TOKENS} tokens x 3 images) = {rate:.2f}")
     assert rate >= floor
 
 

@@ -91,7 +91,10 @@ def _write_llama_folder(model: MobileVLM, folder: str, tokenizer_src: str, dtype
         json.dump(cfg, f, indent=2)
     from safetensors.torch import save_file
 
-    save_file({k: v.to(dtype).contiguous() for k, v in model.llm.state_dict().items()},
+    tensors = model.llm.state_dict()
+    if cfg.get("tie_word_embeddings"):
+        tensors.pop("lm_head.weight", None)  # the same tensor as the embedding: stored once
+    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()},
               os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     shutil.copy(tokenizer_src, os.path.join(folder, "tokenizer.model"))
     with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:

@@ -130,6 +130,8 @@ def load_checkpoint(src: str, vision_tower: Optional[str] = None, dtype=torch.fl
         if tuple(v.shape) != tuple(ours[target].shape):
             raise CheckpointError(f"{k}: shape {tuple(v.shape)} does not match the config's {tuple(ours[target].shape)}")
         state[target] = v.to(dtype)
+    if config.llm["tie_word_embeddings"] and "llm.lm_head.weight" not in state and "llm.model.embed_tokens.weight" in state:
+        state["llm.lm_head.weight"] = state["llm.model.embed_tokens.weight"]  # tied: stored once
     inverse = {v: k for k, v in names.items()}
     missing = [inverse[k] for k in ours if k not in state]
     if missing or unexpected:

@@ -18,6 +18,10 @@ _MOBILELLAMA_1_4B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_la
 _MOBILELLAMA_2_7B = dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=32, num_attention_heads=32)
 _TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=512,
                  max_position_embeddings=512)
+# Any Llama the exporter must take: grouped-query attention, head_dim 64, tied embeddings (as
+# SmolLM2 and other small Llamas have them).
+_TINY_GQA_LLM = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=1, tie_word_embeddings=True, vocab_size=512, max_position_embeddings=512)
 _TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                     image_size=112, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=64)
 
@@ -29,6 +33,7 @@ PRESETS: Dict[str, tuple] = {
     "v2-3b": ("ldpnetv2", _MOBILELLAMA_2_7B, None),
     "tiny": ("ldpnetv2", _TINY_LLM, _TINY_VISION),
     "tiny-v1": ("ldpnet", _TINY_LLM, _TINY_VISION),
+    "tiny-gqa": ("ldpnetv2", _TINY_GQA_LLM, _TINY_VISION),
 }
 
 
@@ -47,14 +52,14 @@ def official_config(projector: str, llm: dict, vision_tower: str, mm_hidden_size
         "intermediate_size": llm["intermediate_size"],
         "num_hidden_layers": llm["num_hidden_layers"],
         "num_attention_heads": heads,
-        "num_key_value_heads": heads,
+        "num_key_value_heads": llm.get("num_key_value_heads", heads),
         "initializer_range": 0.02,
         "max_position_embeddings": llm.get("max_position_embeddings", 2048),
         "max_sequence_length": llm.get("max_position_embeddings", 2048),
         "rms_norm_eps": 1e-6,
         "rope_scaling": None,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": llm.get("tie_word_embeddings", False),
         "torch_dtype": "float16",
         "use_cache": True,
         "vocab_size": llm.get("vocab_size", 32000),
@@ -127,7 +132,10 @@ def write_synthetic(name: str, out: str, layout: str = "", weights_format: str =
                     p.normal_(0.0, init_std)
     inside, tower_tensors = {}, {}
     sd = model.state_dict()
+    tied = raw["tie_word_embeddings"]
     for ckpt_name, ours in model.checkpoint_names().items():
+        if tied and ckpt_name == "lm_head.weight":
+            continue  # tied checkpoints store the embedding once, as transformers saves them
         t = sd[ours].to(dtype)
         if ckpt_name.startswith("model.vision_tower.vision_tower.") and layout == "separate":
             tower_tensors[ckpt_name[len("model.vision_tower.vision_tower."):]] = t
