@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -33,6 +34,12 @@ from .reference import MobileVLM
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 TARGETS = ("cpu", "cuda")
+# The builder's quantization options mobilevlm-export uses for each precision. Chosen by measuring
+# quality on real trained weights (mobilevlm-quality, BENCHMARKS.md) against speed.
+DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
+    "int8": {"block_size": 128},
+    "int4": {"block_size": 128},
+}
 
 
 def check_runnable(cfg: MobileVLMConfig) -> None:
@@ -83,52 +90,84 @@ def vision_to_fp16(path: str) -> None:
     onnx.save(m, path)
 
 
-def _write_llama_folder(model: MobileVLM, folder: str, tokenizer_src: str, dtype: torch.dtype) -> None:
-    """The LLM half as a plain LLaMA folder: what the genai builder reads."""
-    cfg = model.llm.config.to_dict()
+def write_llama_folder(llm, folder: str, dtype: torch.dtype, write_tokenizer: Callable[[str], None]) -> None:
+    """A LlamaForCausalLM as a plain Hugging Face folder: what the genai builder reads."""
+    cfg = llm.config.to_dict()
     cfg.update(model_type="llama", architectures=["LlamaForCausalLM"], torch_dtype=str(dtype).replace("torch.", ""))
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     from safetensors.torch import save_file
 
-    tensors = model.llm.state_dict()
+    tensors = llm.state_dict()
     if cfg.get("tie_word_embeddings"):
         tensors.pop("lm_head.weight", None)  # the same tensor as the embedding: stored once
     save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()},
               os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    shutil.copy(tokenizer_src, os.path.join(folder, "tokenizer.model"))
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                   "unk_token": "<unk>", "legacy": True}, f)
+    write_tokenizer(folder)
 
 
-def build_decoder(model: MobileVLM, out: str, precision: str, target: str, tokenizer_src: str,
-                  block_size: int = 128) -> dict:
-    """Run onnxruntime-genai's builder; returns its genai_config 'decoder' section."""
-    with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
-        src, dst = os.path.join(tmp, "llama"), os.path.join(tmp, "onnx")
-        os.makedirs(src)
-        _write_llama_folder(model, src, tokenizer_src, torch.float32 if precision == "fp32" else torch.float16)
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", src, "-o", dst,
-               "-p", precision, "-e", target, "-c", os.path.join(tmp, "cache"),
-               "--extra_options", "exclude_embeds=true", "filename=decoder.onnx",
+def sentencepiece_tokenizer_writer(tokenizer_src: str) -> Callable[[str], None]:
+    """Writes a MobileVLM checkpoint's tokenizer.model, with the config the builder reads beside it."""
+    def write(folder: str) -> None:
+        shutil.copy(tokenizer_src, os.path.join(folder, "tokenizer.model"))
+        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                       "unk_token": "<unk>", "legacy": True}, f)
+
+    return write
+
+
+def builder_options(precision: str, quant: Dict[str, object]) -> List[str]:
+    """The builder's --extra_options for our decoder: embeddings in, last position's logits out."""
+    options = {"exclude_embeds": "true", "filename": "decoder.onnx",
                # Only the last position's logits are needed: prefill skips a (L x vocab) matmul.
-               "prune_lm_head=true", "hf_remote=false", "hf_token=false",
-               # Block 128 (the usual group size of int4 LLMs) against the builder's 32: on the 2-core
-               # bench machine prefill ran 1.5x and decode 1.25x faster (fewer scales to read and apply).
-               f"block_size={block_size}"]
+               "prune_lm_head": "true", "hf_remote": "false", "hf_token": "false"}
+    if precision in ("int4", "int8"):
+        options.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in quant.items()})
+    return [f"{k}={v}" for k, v in options.items()]
+
+
+def build_decoder(llama_folder: str, out: str, precision: str, target: str, quant: Dict[str, object]) -> dict:
+    """Run onnxruntime-genai's builder on a Llama folder; decoder.onnx(.data) land in `out`.
+
+    Returns the decoder's input/output names as the manifest records them (`decoder_io`)."""
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
+        dst = os.path.join(tmp, "onnx")
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", llama_folder, "-o", dst,
+               "-p", precision, "-e", target, "-c", os.path.join(tmp, "cache"),
+               "--extra_options", *builder_options(precision, quant)]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             raise CheckpointError("onnxruntime-genai builder failed:\n" + run.stderr[-3000:])
+        os.makedirs(out, exist_ok=True)
         for name in ("decoder.onnx", "decoder.onnx.data"):
             shutil.move(os.path.join(dst, name), os.path.join(out, name))
         with open(os.path.join(dst, "genai_config.json")) as f:
-            genai = json.load(f)
-    return genai["model"]["decoder"]
+            decoder = json.load(f)["model"]["decoder"]
+    return {
+        "inputs_embeds": decoder["inputs"]["inputs_embeds"],
+        "attention_mask": decoder["inputs"]["attention_mask"],
+        "past_key": decoder["inputs"]["past_key_names"],
+        "past_value": decoder["inputs"]["past_value_names"],
+        "logits": decoder["outputs"]["logits"],
+        "present_key": decoder["outputs"]["present_key_names"],
+        "present_value": decoder["outputs"]["present_value_names"],
+    }
+
+
+def weights_dtype(precision: str) -> torch.dtype:
+    """What the builder is fed: fp32 for fp32 engines, fp16 for the rest (it quantizes from fp16)."""
+    return torch.float32 if precision == "fp32" else torch.float16
+
+
+def embedding_table(llm, precision: str) -> np.ndarray:
+    """The token-embedding table the runtime gathers from: fp32 for fp32 engines, else fp16."""
+    return llm.get_input_embeddings().weight.detach().numpy().astype(np.float32 if precision == "fp32" else np.float16)
 
 
 def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vision_tower: str = None,
-           model_id: str = "", block_size: int = 128, log=print) -> str:
+           model_id: str = "", block_size: int = 0, log=print) -> str:
+    """Write an engine directory for `src`. block_size: 0 keeps the precision's default (DEFAULT_QUANT)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     if target not in TARGETS:
@@ -161,12 +200,15 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     log(f"vision graph ({vision_precision}) in {time.time() - t0:.1f}s")
 
     t0 = time.time()
-    decoder = build_decoder(model, out, precision, target, tokenizer_src, block_size)
+    quant = dict(DEFAULT_QUANT.get(precision, {}))
+    if block_size:
+        quant["block_size"] = block_size
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as llama:
+        write_llama_folder(model.llm, llama, weights_dtype(precision), sentencepiece_tokenizer_writer(tokenizer_src))
+        decoder_io = build_decoder(llama, out, precision, target, quant)
     log(f"decoder ({precision}, {target}) in {time.time() - t0:.1f}s")
 
-    table_dtype = np.float32 if precision == "fp32" else np.float16
-    np.save(os.path.join(out, "embed_tokens.npy"),
-            model.llm.get_input_embeddings().weight.detach().numpy().astype(table_dtype))
+    np.save(os.path.join(out, "embed_tokens.npy"), embedding_table(model.llm, precision))
     shutil.copy(tokenizer_src, os.path.join(out, "tokenizer.model"))
 
     llm = cfg.llm
@@ -200,17 +242,10 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
         },
         "precision": precision,
         "vision_precision": vision_precision,
-        "block_size": block_size if precision in ("int8", "int4") else None,
+        "block_size": quant.get("block_size") if precision in ("int8", "int4") else None,
+        "quantization": quant if precision in ("int8", "int4") else None,
         "target": target,
-        "decoder_io": {
-            "inputs_embeds": decoder["inputs"]["inputs_embeds"],
-            "attention_mask": decoder["inputs"]["attention_mask"],
-            "past_key": decoder["inputs"]["past_key_names"],
-            "past_value": decoder["inputs"]["past_value_names"],
-            "logits": decoder["outputs"]["logits"],
-            "present_key": decoder["outputs"]["present_key_names"],
-            "present_value": decoder["outputs"]["present_value_names"],
-        },
+        "decoder_io": decoder_io,
         "files": {},
     }
     mf.write(out, manifest, {"vision": "vision.onnx", "decoder": "decoder.onnx",

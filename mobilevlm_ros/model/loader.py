@@ -143,3 +143,23 @@ def load_checkpoint(src: str, vision_tower: Optional[str] = None, dtype=torch.fl
         raise CheckpointError(f"{folder}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return model.to(dtype).eval().requires_grad_(False)
+
+
+def load_language_model(src: str, dtype=torch.float32):
+    """Only the LLaMA half of a MobileVLM checkpoint (no tower needed), as a LlamaForCausalLM."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .config import llama_kwargs
+
+    folder = resolve(src)
+    with open(os.path.join(folder, "config.json")) as f:
+        llm = LlamaForCausalLM(LlamaConfig(**llama_kwargs(json.load(f))))
+    ours = llm.state_dict()
+    state = {k: v.to(dtype) for k, v in read_tensors(folder).items() if k in ours}
+    if llm.config.tie_word_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied: stored once
+    missing = [k for k in ours if k not in state]
+    if missing:
+        raise CheckpointError(f"{folder}: missing language-model tensors: {_summary(missing)}")
+    llm.load_state_dict(state, strict=True)
+    return llm.to(dtype).eval().requires_grad_(False)

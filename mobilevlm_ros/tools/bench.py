@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("engine", nargs="?", help="engine directory")
     p.add_argument("--synthetic", metavar="NAME", help="benchmark a random-weight preset (e.g. v2-1.7b)")
     p.add_argument("--precision", default="int4", choices=["fp32", "fp16", "int8", "int4"])
-    p.add_argument("--block-size", type=int, default=128, help="synthetic: int4/int8 quantization block")
+    p.add_argument("--block-size", type=int, default=0, help="synthetic: int4/int8 quantization block (0: the default)")
     p.add_argument("--reference", metavar="CHECKPOINT", help="checkpoint folder for the PyTorch fp32 baseline")
     p.add_argument("--no-reference", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--new-tokens", type=int, default=32)

@@ -25,8 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="engine directory to write")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="int4")
     p.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--block-size", type=int, default=128, choices=[32, 64, 128, 256],
-                   help="int4/int8: weights per quantization scale (default 128)")
+    p.add_argument("--block-size", type=int, default=0, choices=[32, 64, 128, 256],
+                   help="int4/int8: weights per quantization scale (default: the precision's measured default)")
     p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
     a = p.parse_args(argv)
     if bool(a.src) == bool(a.synthetic):

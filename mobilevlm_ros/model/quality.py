@@ -1,0 +1,208 @@
+"""What quantization costs on real trained weights, measured the way the robot runs the decoder.
+
+The language model of SRC (a MobileVLM checkpoint, a Hugging Face Llama folder or hub id, or a
+.gguf file) is exported exactly as mobilevlm-export builds decoders (same builder, same options,
+same fp16 source for quantized precisions), once per configuration in CONFIGS, and each decoder
+is run by the runtime's own DecoderEngine (embeddings in, in-place KV cache), token by token, over
+fixed windows of a text corpus:
+
+    text -> token ids -> windows of `window` tokens, each after BOS
+    PyTorch fp32 reference: perplexity, and its greedy choice at every position
+    each engine: perplexity, top-1 agreement with the reference's choices (teacher-forced: both
+                 read the same true text, so one different choice does not cascade),
+                 decoder bytes, decode tokens/s (the same single-token steps the runtime makes)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..runtime import manifest as mf
+from ..runtime.engines import DecoderEngine
+from ..runtime.errors import CheckpointError
+from .export import DEFAULT_QUANT, build_decoder, embedding_table, weights_dtype, write_llama_folder
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way to build the decoder: a precision and the builder's quantization options."""
+
+    name: str
+    precision: str
+    quant: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether mobilevlm-export builds this precision this way."""
+        return self.precision == "fp32" or DEFAULT_QUANT.get(self.precision) == self.quant
+
+
+# Every configuration worth offering. The builder (onnxruntime-genai 0.18) spells them
+# block_size, int4_accuracy_level, is_symmetric and algo_config; its older `int4_`-prefixed
+# names for the last two are accepted and silently ignored.
+CONFIGS = (
+    Config("fp32", "fp32"),
+    Config("int8 block 128", "int8", {"block_size": 128}),
+    Config("int8 block 32", "int8", {"block_size": 32}),
+    Config("int4 block 128", "int4", {"block_size": 128}),
+    Config("int4 block 32", "int4", {"block_size": 32}),
+)
+
+
+@dataclass
+class LanguageModel:
+    """A trained Llama, fp32, with what the exporter and the scorer need around it."""
+
+    llm: torch.nn.Module  # LlamaForCausalLM
+    encode: Callable[[str], List[int]]  # text -> token ids, no BOS
+    bos_id: Optional[int]
+    write_tokenizer: Callable[[str], None]  # puts tokenizer files in a Llama folder for the builder
+    name: str
+
+
+def load_language_model(src: str) -> LanguageModel:
+    """SRC: a .gguf file, a MobileVLM checkpoint (its language model), or a Llama folder / hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .loader import resolve
+
+    if src.endswith(".gguf"):
+        if not os.path.isfile(src):
+            raise CheckpointError(f"{src}: no such file")
+        folder, name = os.path.split(os.path.abspath(src))
+        # transformers de-quantizes GGUF weights to fp32 (needs the gguf package).
+        llm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    else:
+        folder = resolve(src)
+        with open(os.path.join(folder, "config.json")) as f:
+            raw = json.load(f)
+        if "mm_projector_type" in raw:  # a MobileVLM checkpoint: its Llama, its sentencepiece model
+            from ..runtime.tokenizer import Tokenizer
+            from .export import sentencepiece_tokenizer_writer
+            from .loader import load_language_model as load_mobilevlm_llm
+
+            sp = Tokenizer(os.path.join(folder, "tokenizer.model"))
+            return LanguageModel(load_mobilevlm_llm(folder), lambda text: sp.encode(text, add_bos=False), sp.bos_id,
+                                 sentencepiece_tokenizer_writer(sp.path), src)
+        llm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder)
+    if llm.config.model_type != "llama":
+        raise CheckpointError(f"{src}: a {llm.config.model_type} model; the decoder exporter takes Llama models")
+    return LanguageModel(llm.eval().requires_grad_(False), lambda text: tok(text, add_special_tokens=False).input_ids,
+                         tok.bos_token_id, tok.save_pretrained, src)
+
+
+def corpus_windows(ids: List[int], tokens: int, window: int) -> List[List[int]]:
+    """The first `tokens` ids in windows of `window` (the last one may be shorter)."""
+    if len(ids) < tokens:
+        raise ValueError(f"the corpus has {len(ids)} tokens, fewer than the {tokens} asked for")
+    ids = ids[:tokens]
+    return [ids[i:i + window] for i in range(0, tokens, window)]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max()
+    return z - math.log(np.exp(z).sum())
+
+
+def _with_bos(lm: LanguageModel, window: List[int]) -> List[int]:
+    """The ids a window is read as: BOS first when the model has one. Every id after the first is scored."""
+    return ([lm.bos_id] if lm.bos_id is not None else []) + window
+
+
+@torch.no_grad()
+def score_reference(lm: LanguageModel, windows: List[List[int]]) -> dict:
+    """PyTorch fp32: perplexity, and the greedy choice before each scored token."""
+    nll, choices = 0.0, []
+    for w in windows:
+        ids = _with_bos(lm, w)
+        logp = torch.log_softmax(lm.llm(torch.tensor([ids])).logits[0, :-1].double(), dim=-1)
+        nll -= logp.gather(1, torch.tensor(ids[1:])[:, None]).sum().item()
+        choices.append(logp.argmax(-1).tolist())
+    n = sum(len(c) for c in choices)
+    return {"ppl": math.exp(nll / n), "tokens": n, "choices": choices}
+
+
+def _engine_manifest(folder: str, llm, decoder_io: dict, context: int) -> mf.Manifest:
+    """The part of a manifest DecoderEngine reads, for a decoder built outside an engine directory."""
+    cfg = llm.config
+    heads = cfg.num_attention_heads
+    model = {"hidden_size": cfg.hidden_size, "num_layers": cfg.num_hidden_layers,
+             "num_kv_heads": cfg.num_key_value_heads or heads,
+             "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+             "vocab_size": cfg.vocab_size, "context_length": context}
+    return mf.Manifest(folder, {"model": model, "files": {"decoder": {"path": "decoder.onnx"}},
+                                "decoder_io": decoder_io})
+
+
+def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, windows: List[List[int]],
+                 reference_choices: List[List[int]]) -> dict:
+    """Teacher-forced, one token per step: perplexity, agreement with the reference, decode speed."""
+    nll, agree, n, step_s, steps = 0.0, 0, 0, 0.0, 0
+    for w, ref in zip(windows, reference_choices):
+        ids = _with_bos(lm, w)
+        decoder.rewind(0)
+        logits = decoder.run(np.asarray(table[ids[:1]], np.float32))
+        for i, token in enumerate(ids[1:]):
+            nll -= _log_softmax(logits)[token]
+            agree += int(np.argmax(logits)) == ref[i]
+            n += 1
+            if i + 2 < len(ids):
+                t0 = time.perf_counter()
+                logits = decoder.run(np.asarray(table[[token]], np.float32))
+                step_s += time.perf_counter() - t0
+                steps += 1
+    return {"ppl": math.exp(nll / n), "agreement": agree / n, "decode_tok_s": steps / step_s if step_s else 0.0}
+
+
+def measure(lm: LanguageModel, text: str, tokens: int = 1024, window: int = 512,
+            configs=CONFIGS, threads: int = 0, log=print) -> dict:
+    """The whole table: the reference, then every configuration built and scored in turn."""
+    windows = corpus_windows(lm.encode(text), tokens, window)
+    t0 = time.time()
+    reference = score_reference(lm, windows)
+    log(f"reference (PyTorch fp32): ppl {reference['ppl']:.3f} on {reference['tokens']} tokens "
+        f"({time.time() - t0:.1f}s)")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_quality_") as tmp:
+        sources = {}
+        for config in configs:
+            dtype = weights_dtype(config.precision)
+            if dtype not in sources:
+                sources[dtype] = os.path.join(tmp, f"llama-{str(dtype).split('.')[-1]}")
+                os.makedirs(sources[dtype])
+                write_llama_folder(lm.llm, sources[dtype], dtype, lm.write_tokenizer)
+            out = os.path.join(tmp, config.name.replace(" ", "_"))
+            t0 = time.time()
+            try:
+                decoder_io = build_decoder(sources[dtype], out, config.precision, "cpu", config.quant)
+                manifest = _engine_manifest(out, lm.llm, decoder_io, window + 1)
+                decoder = DecoderEngine(manifest, ["CPUExecutionProvider"], threads, max_length=window + 1)
+            except Exception as e:  # a configuration the builder or onnxruntime refuses is a result too
+                first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+                log(f"{config.name}: failed ({first})")
+                results.append({"name": config.name, "precision": config.precision, "config": config.quant,
+                                "default": config.is_default, "error": first})
+                continue
+            build_s = time.time() - t0
+            size = sum(os.path.getsize(os.path.join(out, f)) for f in ("decoder.onnx", "decoder.onnx.data"))
+            scores = score_engine(lm, decoder, embedding_table(lm.llm, config.precision), windows,
+                                  reference["choices"])
+            del decoder
+            row = {"name": config.name, "precision": config.precision, "config": config.quant,
+                   "default": config.is_default, **scores, "bytes": size, "build_s": build_s}
+            log(f"{config.name}: ppl {row['ppl']:.3f} ({100 * (row['ppl'] / reference['ppl'] - 1):+.1f}%), "
+                f"agreement {row['agreement']:.3f}, {size / 2**20:.0f} MB, {row['decode_tok_s']:.0f} tok/s")
+            results.append(row)
+    return {"reference": {"ppl": reference["ppl"], "tokens": reference["tokens"]}, "engines": results}
