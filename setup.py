@@ -30,6 +30,9 @@ setup(
             "onnxruntime-genai==0.18.0",
             "huggingface-hub>=0.30",
             "protobuf>=4",
+            # mobilevlm-quality: transformers reads .gguf checkpoints (real trained weights offline) with these.
+            "gguf==0.19.0",
+            "accelerate==1.15.0",
         ],
         "test": ["pytest>=8"],
     },
@@ -38,6 +41,7 @@ setup(
             "mobilevlm-export = mobilevlm_ros.tools.export_cli:main",
             "mobilevlm-caption = mobilevlm_ros.tools.caption:main",
             "mobilevlm-bench = mobilevlm_ros.tools.bench:main",
+            "mobilevlm-quality = mobilevlm_ros.tools.quality:main",
             "mobilevlm-replay = mobilevlm_ros.tools.replay:main",
             "mobilevlm-demo-bag = mobilevlm_ros.tools.demo_bag:main",
             "vlm_node = mobilevlm_ros.node:main",

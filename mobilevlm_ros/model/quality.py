@@ -166,17 +166,12 @@ def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, w
     return {"ppl": math.exp(nll / n), "agreement": agree / n, "decode_tok_s": steps / step_s if step_s else 0.0}
 
 
-def measure(lm: LanguageModel, text: str, tokens: int = 1024, window: int = 512,
-            configs=CONFIGS, threads: int = 0, log=print) -> dict:
-    """The whole table: the reference, then every configuration built and scored in turn."""
-    windows = corpus_windows(lm.encode(text), tokens, window)
-    t0 = time.time()
-    reference = score_reference(lm, windows)
-    log(f"reference (PyTorch fp32): ppl {reference['ppl']:.3f} on {reference['tokens']} tokens "
-        f"({time.time() - t0:.1f}s)")
-    results = []
+def score_configs(lm: LanguageModel, windows: List[List[int]], reference: dict, window: int, configs=CONFIGS,
+                  threads: int = 0, log=print) -> list:
+    """Every configuration built as mobilevlm-export builds it, and scored; a refusal is a row too."""
+    rows = []
     with tempfile.TemporaryDirectory(prefix="mobilevlm_quality_") as tmp:
-        sources = {}
+        sources = {}  # the Llama folder the builder reads, one per weight dtype
         for config in configs:
             dtype = weights_dtype(config.precision)
             if dtype not in sources:
@@ -184,25 +179,38 @@ def measure(lm: LanguageModel, text: str, tokens: int = 1024, window: int = 512,
                 os.makedirs(sources[dtype])
                 write_llama_folder(lm.llm, sources[dtype], dtype, lm.write_tokenizer)
             out = os.path.join(tmp, config.name.replace(" ", "_"))
+            row = {"name": config.name, "precision": config.precision, "config": config.quant,
+                   "default": config.is_default}
             t0 = time.time()
             try:
                 decoder_io = build_decoder(sources[dtype], out, config.precision, "cpu", config.quant)
                 manifest = _engine_manifest(out, lm.llm, decoder_io, window + 1)
                 decoder = DecoderEngine(manifest, ["CPUExecutionProvider"], threads, max_length=window + 1)
             except Exception as e:  # a configuration the builder or onnxruntime refuses is a result too
-                first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-                log(f"{config.name}: failed ({first})")
-                results.append({"name": config.name, "precision": config.precision, "config": config.quant,
-                                "default": config.is_default, "error": first})
+                row["error"] = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+                log(f"{config.name}: failed ({row['error']})")
+                rows.append(row)
                 continue
-            build_s = time.time() - t0
-            size = sum(os.path.getsize(os.path.join(out, f)) for f in ("decoder.onnx", "decoder.onnx.data"))
-            scores = score_engine(lm, decoder, embedding_table(lm.llm, config.precision), windows,
-                                  reference["choices"])
+            row["build_s"] = time.time() - t0
+            row["bytes"] = sum(os.path.getsize(os.path.join(out, f)) for f in ("decoder.onnx", "decoder.onnx.data"))
+            row.update(score_engine(lm, decoder, embedding_table(lm.llm, config.precision), windows,
+                                    reference["choices"]))
             del decoder
-            row = {"name": config.name, "precision": config.precision, "config": config.quant,
-                   "default": config.is_default, **scores, "bytes": size, "build_s": build_s}
             log(f"{config.name}: ppl {row['ppl']:.3f} ({100 * (row['ppl'] / reference['ppl'] - 1):+.1f}%), "
-                f"agreement {row['agreement']:.3f}, {size / 2**20:.0f} MB, {row['decode_tok_s']:.0f} tok/s")
-            results.append(row)
-    return {"reference": {"ppl": reference["ppl"], "tokens": reference["tokens"]}, "engines": results}
+                f"agreement {row['agreement']:.3f}, {row['bytes'] / 2**20:.0f} MB, {row['decode_tok_s']:.0f} tok/s")
+            rows.append(row)
+    return rows
+
+
+def measure(lm: LanguageModel, text: str, tokens: int = 1024, window: int = 512, configs=CONFIGS,
+            threads: int = 0, log=print) -> dict:
+    """The whole table: the reference, then every configuration. The reference's greedy choices
+    come back too (`reference_choices`), for other engines scored on the same windows."""
+    windows = corpus_windows(lm.encode(text), tokens, window)
+    t0 = time.time()
+    reference = score_reference(lm, windows)
+    log(f"reference (PyTorch fp32): ppl {reference['ppl']:.3f} on {reference['tokens']} tokens "
+        f"({time.time() - t0:.1f}s)")
+    engines = score_configs(lm, windows, reference, window, configs, threads, log)
+    return {"reference": {"ppl": reference["ppl"], "tokens": reference["tokens"]}, "engines": engines,
+            "windows": windows, "reference_choices": reference["choices"]}

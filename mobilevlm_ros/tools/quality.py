@@ -59,11 +59,11 @@ def main(argv=None) -> int:
             text = f.read()
         lm = load_language_model(a.src)
         report = measure(lm, text, tokens=a.tokens, window=a.window, configs=configs, threads=a.threads, log=log)
+        windows, choices = report.pop("windows"), report.pop("reference_choices")
         if a.llamacpp:
             from ..model.llamacpp_quality import measure_llamacpp
 
-            report["llamacpp"] = measure_llamacpp(lm, text, a.tokens, a.window, a.llamacpp_src, threads=a.threads,
-                                                  log=log)
+            report["llamacpp"] = measure_llamacpp(lm, windows, choices, a.llamacpp_src, threads=a.threads, log=log)
     except (VLMError, ValueError, OSError) as e:
         print(f"mobilevlm-quality: error: {e}", file=sys.stderr)
         return 1

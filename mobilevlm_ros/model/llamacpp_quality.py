@@ -1,0 +1,95 @@
+"""The same measurement for llama.cpp: the same fp32 weights, converted with llama.cpp's own
+converter, quantized by llama.cpp, and scored on the same token ids, token by token.
+
+Needs llama-cpp-python (built from its sdist: no Linux wheel on PyPI) and llama.cpp's
+`convert_hf_to_gguf.py` with its `gguf-py` beside it (the sdist's vendor/llama.cpp folder).
+The bytes reported are the whole .gguf file (llama.cpp keeps the embedding table in it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List
+
+import numpy as np
+import torch
+
+from ..runtime.errors import CheckpointError
+from .export import write_llama_folder
+from .quality import LanguageModel, _log_softmax, _with_bos
+
+# llama.cpp's own names for the formats compared (llama_ftype values of llama.h).
+FORMATS = (("Q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"), ("Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0"),
+           ("Q4_K_M", "LLAMA_FTYPE_MOSTLY_Q4_K_M"))
+
+
+def convert(lm: LanguageModel, llamacpp_src: str, out: str) -> None:
+    """fp32 weights -> an f32 .gguf with llama.cpp's converter."""
+    converter = os.path.join(llamacpp_src or "", "convert_hf_to_gguf.py")
+    if not os.path.isfile(converter):
+        raise CheckpointError(f"--llamacpp-src {llamacpp_src!r}: no convert_hf_to_gguf.py there (give the llama.cpp "
+                              "source folder, e.g. llama-cpp-python's sdist vendor/llama.cpp)")
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_llamacpp_") as folder:
+        write_llama_folder(lm.llm, folder, torch.float32, lm.write_tokenizer)
+        env = dict(os.environ, PYTHONPATH=os.path.join(llamacpp_src, "gguf-py"))  # the converter's own gguf
+        run = subprocess.run([sys.executable, converter, folder, "--outtype", "f32", "--outfile", out],
+                             capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise CheckpointError("llama.cpp's converter failed:\n" + run.stderr[-2000:])
+
+
+def quantize(f32: str, out: str, ftype_name: str, threads: int) -> None:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype_name)
+    params.nthread = threads
+    if llama_cpp.llama_model_quantize(f32.encode(), out.encode(), ctypes.byref(params)) != 0:
+        raise CheckpointError(f"llama.cpp could not quantize to {ftype_name}")
+
+
+def score(path: str, lm: LanguageModel, windows: List[List[int]], reference_choices: List[List[int]],
+          threads: int) -> dict:
+    """Teacher-forced, one token per eval, as score_engine does with our decoder."""
+    from llama_cpp import Llama
+
+    model = Llama(model_path=path, n_ctx=max(len(w) for w in windows) + 1, n_threads=threads or None,
+                  n_threads_batch=threads or None, logits_all=True, verbose=False)
+    nll, agree, n, step_s, steps = 0.0, 0, 0, 0.0, 0
+    for w, ref in zip(windows, reference_choices):
+        ids = _with_bos(lm, w)
+        model.reset()
+        model.eval(ids[:1])
+        for i, token in enumerate(ids[1:]):
+            logits = np.asarray(model.scores[model.n_tokens - 1])
+            nll -= _log_softmax(logits)[token]
+            agree += int(np.argmax(logits)) == ref[i]
+            n += 1
+            if i + 2 < len(ids):
+                t0 = time.perf_counter()
+                model.eval([token])
+                step_s += time.perf_counter() - t0
+                steps += 1
+    return {"ppl": float(np.exp(nll / n)), "agreement": agree / n, "decode_tok_s": steps / step_s if step_s else 0.0}
+
+
+def measure_llamacpp(lm: LanguageModel, windows: List[List[int]], reference_choices: List[List[int]],
+                     llamacpp_src: str, threads: int = 0, log=print) -> list:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_gguf_") as tmp:
+        f32 = os.path.join(tmp, "model-f32.gguf")
+        convert(lm, llamacpp_src, f32)
+        for name, ftype in FORMATS:
+            path = os.path.join(tmp, f"model-{name}.gguf")
+            quantize(f32, path, ftype, threads)
+            row = {"name": f"llama.cpp {name}", "precision": name, "config": {}, "default": False,
+                   **score(path, lm, windows, reference_choices, threads), "bytes": os.path.getsize(path)}
+            log(f"{row['name']}: ppl {row['ppl']:.3f}, agreement {row['agreement']:.3f}, "
+                f"{row['bytes'] / 2**20:.0f} MB (whole file), {row['decode_tok_s']:.0f} tok/s")
+            rows.append(row)
+    return rows
