@@ -25,7 +25,8 @@ def report(checkpoints):
     lm = load_language_model(checkpoints("tiny-gqa"))
     with open(CORPUS) as f:
         text = f.read()
-    configs = [Config("fp32", "fp32"), Config("int8 block 32", "int8", {"block_size": 32})]
+    configs = [Config("fp32", "fp32"), Config("int8 block 32", "int8", {"block_size": 32}),
+               next(c for c in CONFIGS if c.quant.get("algo_config") == "hqq")]
     return lm, measure(lm, text, tokens=96, window=48, configs=configs, threads=1, log=lambda s: None)
 
 
@@ -58,6 +59,15 @@ def test_int8_decoder_is_close(report):
     assert int8["agreement"] > 0.9
 
 
+def test_hqq_decoder_runs_and_is_close(report):
+    """The one configuration built outside the genai builder: its fp32 graph, onnxruntime's HQQ quantizer."""
+    _, r = report
+    hqq = r["engines"][2]
+    assert "error" not in hqq, hqq.get("error")
+    assert abs(hqq["ppl"] / r["reference"]["ppl"] - 1) < 0.05 and hqq["agreement"] > 0.8
+    assert hqq["bytes"] < r["engines"][0]["bytes"] / 3  # 4-bit weights (+ fp32 scales, zero points), not fp32
+
+
 def test_exporter_defaults_are_among_the_measured_configurations():
     from mobilevlm_ros.model.export import DEFAULT_QUANT
 
@@ -82,3 +92,34 @@ def test_too_short_a_corpus_is_a_clear_error(checkpoints, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.quality", checkpoints("tiny-gqa"), "--corpus",
                         str(short), "--tokens", "64"], capture_output=True, text=True)
     assert r.returncode == 1 and "fewer than the 64 asked for" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_llama_folder_drops_the_source_quantization(checkpoints, tmp_path):
+    """A .gguf source loads de-quantized but keeps transformers' quantization_config; the tensors
+    written are plain fp16, and that config would send the builder to its quantized-model loader."""
+    from mobilevlm_ros.model.export import write_llama_folder
+
+    lm = load_language_model(checkpoints("tiny-gqa"))
+    lm.llm.config.quantization_config = {"quant_method": "gguf"}
+    write_llama_folder(lm.llm, str(tmp_path), torch.float16, lm.write_tokenizer)
+    with open(tmp_path / "config.json") as f:
+        assert "quantization_config" not in json.load(f)
+
+
+def test_export_takes_a_measured_configuration_by_name(checkpoints, tmp_path):
+    """mobilevlm-export --quant NAME builds what mobilevlm-quality measured under that name."""
+    from mobilevlm_ros.tools.export_cli import main as export_main
+
+    config = next(c for c in CONFIGS if c.name == "int4 block 32 asymmetric, lm_head int8")
+    out = tmp_path / "engine"
+    assert export_main([checkpoints("tiny-gqa"), "--out", str(out), "--precision", "int4", "--quant", config.name]) == 0
+    with open(out / "manifest.json") as f:
+        assert json.load(f)["quantization"] == config.quant
+
+
+def test_export_refuses_an_unknown_configuration(capsys):
+    from mobilevlm_ros.tools.export_cli import main as export_main
+
+    with pytest.raises(SystemExit):
+        export_main(["--synthetic", "tiny", "--out", "/nonexistent", "--precision", "int8", "--quant", "int4 block 32"])
+    assert "int8 configurations are:" in capsys.readouterr().err

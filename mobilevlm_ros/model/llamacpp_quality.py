@@ -58,8 +58,9 @@ def score(path: str, lm: LanguageModel, windows: List[List[int]], reference_choi
     """Teacher-forced, one token per eval, as score_engine does with our decoder."""
     from llama_cpp import Llama
 
-    model = Llama(model_path=path, n_ctx=max(len(w) for w in windows) + 1, n_threads=threads or None,
-                  n_threads_batch=threads or None, logits_all=True, verbose=False)
+    threads = threads or os.cpu_count()  # as onnxruntime's 0; llama-cpp-python's own default is half the cores
+    model = Llama(model_path=path, n_ctx=max(len(w) for w in windows) + 1, n_threads=threads,
+                  n_threads_batch=threads, logits_all=True, verbose=False)
     nll, agree, n, step_s, steps = 0.0, 0, 0, 0.0, 0
     for w, ref in zip(windows, reference_choices):
         ids = _with_bos(lm, w)

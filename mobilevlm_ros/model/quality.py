@@ -56,15 +56,23 @@ CONFIGS = (
     Config("fp32", "fp32"),
     Config("int8 block 128", "int8", {"block_size": 128}),
     Config("int8 block 32", "int8", {"block_size": 32}),
+    Config("int8 block 32, accuracy level 1", "int8", {"block_size": 32, "accuracy_level": 1}),
+    Config("int8 block 32 asymmetric", "int8", {"block_size": 32, "is_symmetric": False}),
     Config("int4 block 128", "int4", {"block_size": 128}),
     Config("int4 block 32", "int4", {"block_size": 32}),
     Config("int4 block 32 asymmetric", "int4", {"block_size": 32, "is_symmetric": False}),
+    Config("int4 block 32, accuracy level 1", "int4", {"block_size": 32, "accuracy_level": 1}),
     Config("int4 block 32, lm_head int8", "int4", {"block_size": 32, "matmul_mixed_precision": "last_matmul:int8"}),
+    Config("int4 block 32 asymmetric, lm_head int8", "int4",
+           {"block_size": 32, "is_symmetric": False, "matmul_mixed_precision": "last_matmul:int8"}),
     Config("int4 block 128, sensitive int8", "int4", {"block_size": 128, "matmul_mixed_precision": SENSITIVE_INT8}),
     Config("int4 block 32, sensitive int8", "int4", {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
+    Config("int4 block 16, sensitive int8", "int4", {"block_size": 16, "matmul_mixed_precision": SENSITIVE_INT8}),
     Config("int4 k-quant block 32", "int4", {"block_size": 32, "algo_config": "k_quant"}),
     Config("int4 k-quant block 32, sensitive int8", "int4", {"block_size": 32, "algo_config": "k_quant_mixed"}),
     Config("int4 k-quant block 16, sensitive int8", "int4", {"block_size": 16, "algo_config": "k_quant_mixed"}),
+    # HQQ: onnxruntime's quantizer on the builder's fp32 graph (float zero points, see export.py).
+    Config("int4 HQQ block 32", "int4", {"block_size": 32, "algo_config": "hqq"}),
 )
 
 

@@ -25,8 +25,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="engine directory to write")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="int4")
     p.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--block-size", type=int, default=0, choices=[32, 64, 128, 256],
+    p.add_argument("--block-size", type=int, default=0, choices=[16, 32, 64, 128, 256],
                    help="int4/int8: weights per quantization scale (default: the precision's measured default)")
+    p.add_argument("--quant", metavar="NAME",
+                   help="int4/int8: another quantization configuration, named as mobilevlm-quality prints it "
+                        "(e.g. \"int4 k-quant block 16, sensitive int8\")")
     p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
     a = p.parse_args(argv)
     if bool(a.src) == bool(a.synthetic):
@@ -36,6 +39,15 @@ def main(argv=None) -> int:
     from ..model.export import export
     from ..model.synthetic import PRESETS, write_synthetic
 
+    quant = None
+    if a.quant:
+        from ..model.quality import CONFIGS
+
+        config = next((c for c in CONFIGS if c.name == a.quant and c.precision == a.precision), None)
+        if config is None:
+            p.error(f"--quant: {a.precision} configurations are: "
+                    + "; ".join(c.name for c in CONFIGS if c.precision == a.precision))
+        quant = config.quant
     try:
         if a.synthetic:
             if a.synthetic not in PRESETS:
@@ -46,10 +58,11 @@ def main(argv=None) -> int:
                 return 0
             with tempfile.TemporaryDirectory(prefix="mobilevlm_ckpt_") as ckpt:
                 write_synthetic(a.synthetic, ckpt, layout=a.layout, seed=a.seed)
-                export(ckpt, a.out, a.precision, a.target, model_id=f"synthetic/{a.synthetic}", block_size=a.block_size)
+                export(ckpt, a.out, a.precision, a.target, model_id=f"synthetic/{a.synthetic}",
+                       block_size=a.block_size, quant=quant)
         else:
             export(a.src, a.out, a.precision, a.target, vision_tower=a.vision_tower, model_id=a.src,
-                   block_size=a.block_size)
+                   block_size=a.block_size, quant=quant)
     except (VLMError, ValueError, OSError) as e:
         print(f"mobilevlm-export: error: {e}", file=sys.stderr)
         return 1
