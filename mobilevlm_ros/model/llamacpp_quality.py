@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from typing import List
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 
 from ..runtime.errors import CheckpointError
 from .export import write_llama_folder
-from .quality import LanguageModel, _log_softmax, _with_bos
+from .quality import LanguageModel, score_teacher_forced
 
 # llama.cpp's own names for the formats compared (llama_ftype values of llama.h).
 FORMATS = (("Q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"), ("Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0"),
@@ -55,28 +54,22 @@ def quantize(f32: str, out: str, ftype_name: str, threads: int) -> None:
 
 def score(path: str, lm: LanguageModel, windows: List[List[int]], reference_choices: List[List[int]],
           threads: int) -> dict:
-    """Teacher-forced, one token per eval, as score_engine does with our decoder."""
+    """Teacher-forced, one token per eval, by the loop that scores our decoder."""
     from llama_cpp import Llama
 
     threads = threads or os.cpu_count()  # as onnxruntime's 0; llama-cpp-python's own default is half the cores
     model = Llama(model_path=path, n_ctx=max(len(w) for w in windows) + 1, n_threads=threads,
                   n_threads_batch=threads, logits_all=True, verbose=False)
-    nll, agree, n, step_s, steps = 0.0, 0, 0, 0.0, 0
-    for w, ref in zip(windows, reference_choices):
-        ids = _with_bos(lm, w)
+
+    def step(token: int) -> np.ndarray:
+        model.eval([token])
+        return np.asarray(model.scores[model.n_tokens - 1])
+
+    def start(token: int) -> np.ndarray:
         model.reset()
-        model.eval(ids[:1])
-        for i, token in enumerate(ids[1:]):
-            logits = np.asarray(model.scores[model.n_tokens - 1])
-            nll -= _log_softmax(logits)[token]
-            agree += int(np.argmax(logits)) == ref[i]
-            n += 1
-            if i + 2 < len(ids):
-                t0 = time.perf_counter()
-                model.eval([token])
-                step_s += time.perf_counter() - t0
-                steps += 1
-    return {"ppl": float(np.exp(nll / n)), "agreement": agree / n, "decode_tok_s": steps / step_s if step_s else 0.0}
+        return step(token)
+
+    return score_teacher_forced(lm, start, step, windows, reference_choices)
 
 
 def measure_llamacpp(lm: LanguageModel, windows: List[List[int]], reference_choices: List[List[int]],

@@ -164,24 +164,38 @@ def _engine_manifest(folder: str, llm, decoder_io: dict, context: int) -> mf.Man
                                 "decoder_io": decoder_io})
 
 
-def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, windows: List[List[int]],
-                 reference_choices: List[List[int]]) -> dict:
-    """Teacher-forced, one token per step: perplexity, agreement with the reference, decode speed."""
+def score_teacher_forced(lm: LanguageModel, start: Callable[[int], np.ndarray], step: Callable[[int], np.ndarray],
+                         windows: List[List[int]], reference_choices: List[List[int]]) -> dict:
+    """Teacher-forced, one token per step: perplexity, agreement with the reference, decode speed.
+    start(first_id) empties the engine's cache and returns the logits after that id; step(id) the
+    logits after one more. Any engine (ours, llama.cpp) is scored by this one loop."""
     nll, agree, n, step_s, steps = 0.0, 0, 0, 0.0, 0
     for w, ref in zip(windows, reference_choices):
         ids = _with_bos(lm, w)
-        decoder.rewind(0)
-        logits = decoder.run(np.asarray(table[ids[:1]], np.float32))
+        logits = start(ids[0])
         for i, token in enumerate(ids[1:]):
             nll -= _log_softmax(logits)[token]
             agree += int(np.argmax(logits)) == ref[i]
             n += 1
             if i + 2 < len(ids):
                 t0 = time.perf_counter()
-                logits = decoder.run(np.asarray(table[[token]], np.float32))
+                logits = step(token)
                 step_s += time.perf_counter() - t0
                 steps += 1
     return {"ppl": math.exp(nll / n), "agreement": agree / n, "decode_tok_s": steps / step_s if step_s else 0.0}
+
+
+def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, windows: List[List[int]],
+                 reference_choices: List[List[int]]) -> dict:
+    """Our decoder: embeddings in, the in-place KV cache rewound per window."""
+    def step(token: int) -> np.ndarray:
+        return decoder.run(np.asarray(table[[token]], np.float32))
+
+    def start(token: int) -> np.ndarray:
+        decoder.rewind(0)
+        return step(token)
+
+    return score_teacher_forced(lm, start, step, windows, reference_choices)
 
 
 def score_configs(lm: LanguageModel, windows: List[List[int]], reference: dict, window: int, configs=CONFIGS,

@@ -15,7 +15,7 @@ import hashlib
 import os
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import numpy as np
 
@@ -169,6 +169,16 @@ class VLM:
     def ground(self, rgb: np.ndarray, phrase: str, params: Optional[GenerationParams] = None) -> Answer:
         """Ask for the box of the region `phrase` describes (the LLaVA-1.5 referring-expression prompt)."""
         return self.start(rgb, grounding_prompt(phrase), params, default_phrase=phrase.strip()).result()
+
+    def agreement(self, rgb: np.ndarray, question: Optional[str], tokens: List[int]) -> float:
+        """Share of positions where this engine's greedy choice equals `tokens`, reading `tokens`
+        whatever it chose (teacher-forced): how a quantized engine is compared with fp32's answer."""
+        req = self.start(rgb, question, GenerationParams(max_new_tokens=len(tokens), ignore_eos=True))
+        logits, agree = req.generation.logits, 0
+        for t in tokens:
+            agree += int(np.argmax(logits)) == t
+            logits = self.decoder.run(self._embed_ids([t]))
+        return agree / len(tokens)
 
     def image_embeddings(self, rgb: np.ndarray) -> np.ndarray:
         return self.vision(preprocess(rgb, self.image_size, self.mean, self.std))
