@@ -44,7 +44,7 @@ setup(
             "mobilevlm-quality = mobilevlm_ros.tools.quality:main",
             "mobilevlm-replay = mobilevlm_ros.tools.replay:main",
             "mobilevlm-demo-bag = mobilevlm_ros.tools.demo_bag:main",
-            "vlm_node = mobilevlm_ros.node:main",
+            "vlm_node = mobilevlm_ros.ros.node:main",
         ]
     },
 )

@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from mobilevlm_ros import params as P
+from mobilevlm_ros.ros import params as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +40,7 @@ def test_params_file_loads_into_a_real_node(tmp_path, engines):
     rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
     from rclpy.lifecycle import TransitionCallbackReturn
 
-    from mobilevlm_ros.node import VLMNode
+    from mobilevlm_ros.ros.node import VLMNode
 
     context = rclpy.Context()
     params_file = os.path.join(ROOT, "config", "vlm.yaml")

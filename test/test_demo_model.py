@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mobilevlm_ros.demo import scenes as S
-from mobilevlm_ros.runtime.grounding import find_boxes
+from mobilevlm_ros.runtime.grounding import box_iou, find_boxes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "engines", "demo")
@@ -122,7 +122,7 @@ def test_grounding_answer_is_normalised_to_the_padded_square():
         sc = S.sample_scene(seed)
         for o in sc.objects:
             b = find_boxes(S.grounding_answer(sc, o), sc.width, sc.height)[0]
-            assert S.iou((b.x1, b.y1, b.x2, b.y2), o.box) > 0.9
+            assert box_iou(b.xyxy, o.box) > 0.9
 
 
 # --- trainer ------------------------------------------------------------------------------------

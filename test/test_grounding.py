@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mobilevlm_ros.runtime.errors import PromptError
-from mobilevlm_ros.runtime.grounding import find_boxes, grounding_prompt, parse_boxes, to_pixel_box
+from mobilevlm_ros.runtime.grounding import box_iou, find_boxes, grounding_prompt, parse_boxes, to_pixel_box
 from mobilevlm_ros.runtime.image import pad_geometry
 
 Q = "Please provide the bounding box coordinate of the region this sentence describes: "
@@ -143,3 +143,15 @@ def test_grounding_phrase_round_trip():
 
     assert grounding_phrase(grounding_prompt("the red cup")) == "the red cup"
     assert grounding_phrase("How many objects are there?") == ""
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ((0, 0, 10, 10), (0, 0, 10, 10), 1.0),
+    ((0, 0, 10, 10), (5, 0, 15, 10), 50 / 150),  # half overlap: 50 shared of 150 covered
+    ((0, 0, 10, 10), (10, 0, 20, 10), 0.0),  # touching edges share no area
+    ((0, 0, 10, 10), (2, 2, 4, 4), 4 / 100),  # one inside the other
+    ((0, 0, 0, 0), (0, 0, 0, 0), 0.0),  # empty boxes: no division by zero
+])
+def test_box_iou_known_values(a, b, expected):
+    assert box_iou(a, b) == pytest.approx(expected)
+    assert box_iou(b, a) == pytest.approx(expected)

@@ -27,7 +27,7 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from mobilevlm_ros.action import Ask as AskAction  # noqa: E402
 from mobilevlm_ros.msg import Caption  # noqa: E402
-from mobilevlm_ros.node import VLMNode  # noqa: E402
+from mobilevlm_ros.ros.node import VLMNode  # noqa: E402
 from mobilevlm_ros.runtime.generation import GenerationParams  # noqa: E402
 from mobilevlm_ros.runtime.vlm import VLM  # noqa: E402
 from mobilevlm_ros.srv import Ask as AskService  # noqa: E402
@@ -344,7 +344,7 @@ def test_lifecycle_bad_engine_then_good_then_cleanup(harness, engine, tmp_path):
 
 
 def test_annotated_frames_only_while_someone_subscribes(harness, monkeypatch):
-    import mobilevlm_ros.node as node_module
+    import mobilevlm_ros.ros.node as node_module
 
     calls = []
     real_draw = node_module.draw_answer

@@ -1,6 +1,6 @@
 """The node under hostile and careless use, as its own process, talked to only over real DDS.
 
-Each test starts `python -m mobilevlm_ros.node` in its own namespace (so no two tests share a
+Each test starts `python -m mobilevlm_ros.ros.node` in its own namespace (so no two tests share a
 node) and does what a careless user or an attacker would: lifecycle calls that are not valid now,
 bursts of 50 calls, goals carrying huge images, broken engine folders. After each, the node must
 still be alive and answer.
@@ -58,13 +58,13 @@ def image_msg(width: int, height: int, seed: int = 0) -> Image:
 
 
 class NodeProcess:
-    """`python -m mobilevlm_ros.node` in namespace /<ns>, its log collected line by line."""
+    """`python -m mobilevlm_ros.ros.node` in namespace /<ns>, its log collected line by line."""
 
     def __init__(self, ns: str, engine: str, **params):
         values = dict(engine_dir=engine, cameras=["front"], caption_rate_hz=0.0, max_new_tokens=8, threads=1,
                       backend="cpu")
         values.update(params)
-        args = [sys.executable, "-m", "mobilevlm_ros.node", "--ros-args", "-r", f"__ns:=/{ns}"]
+        args = [sys.executable, "-m", "mobilevlm_ros.ros.node", "--ros-args", "-r", f"__ns:=/{ns}"]
         for k, v in values.items():
             args += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
         self.ns = ns

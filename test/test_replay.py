@@ -12,8 +12,8 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make s
 from rosbags.highlevel import AnyReader  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mobilevlm_ros import bags  # noqa: E402
-from mobilevlm_ros.bags import BagWriter  # noqa: E402
+from mobilevlm_ros.ros import bags  # noqa: E402
+from mobilevlm_ros.ros.bags import BagWriter  # noqa: E402
 from mobilevlm_ros.tools import replay as R  # noqa: E402
 from mobilevlm_ros.tools.demo_bag import record  # noqa: E402
 

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..runtime.generation import GenerationParams
+from ..runtime.grounding import box_iou
 from ..runtime.vlm import VLM
 from . import scenes as S
 
@@ -33,8 +34,7 @@ EVAL_SEED = 10_000_000
 def _box_iou(answer, obj: S.Obj) -> float:
     if not answer.boxes:
         return 0.0
-    b = answer.boxes[0]
-    return S.iou((b.x1, b.y1, b.x2, b.y2), obj.box)
+    return box_iou(answer.boxes[0].xyxy, obj.box)
 
 
 def evaluate(engine_dir: str, n_scenes: int = 500, seed_offset: int = 0, threads: int = 2,

@@ -259,12 +259,6 @@ def yesno_answer(scene: Scene, colour: str, shape: str) -> str:
     return "Yes" if any((o.colour, o.shape) == (colour, shape) for o in scene.objects) else "No"
 
 
-def iou(a, b) -> float:
-    inter = max(min(a[2], b[2]) - max(a[0], b[0]), 0) * max(min(a[3], b[3]) - max(a[1], b[1]), 0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def qa_pairs(scene: Scene, seed: int = 0) -> List[Tuple[str, str, str]]:
     """One of each kind of question about the scene, as (kind, question, answer).
 

@@ -44,7 +44,7 @@ from ..model.config import MobileVLMConfig
 from ..model.reference import MobileVLM
 from ..model.synthetic import _clip_config, _preprocessor_config, official_config, write_tokenizer_config
 from ..model.tokenizer_train import train_tokenizer
-from ..runtime.grounding import find_boxes
+from ..runtime.grounding import box_iou, find_boxes
 from ..runtime.image import pad_geometry
 from ..runtime.prompt import SYSTEM_V1, build_prompt, tokenize_prompt
 from ..runtime.tokenizer import Tokenizer
@@ -419,7 +419,7 @@ def quick_eval(model: MobileVLM, codec: TextCodec, size: int, patch: int, n: int
             elif kind == "ground":
                 boxes = find_boxes(text, scene.width, scene.height)
                 truth = [o for o in scene.objects if S.grounding_answer(scene, o) == a][0]
-                hits[kind] += bool(boxes) and S.iou((boxes[0].x1, boxes[0].y1, boxes[0].x2, boxes[0].y2), truth.box) >= 0.5
+                hits[kind] += bool(boxes) and box_iou(boxes[0].xyxy, truth.box) >= 0.5
             else:
                 hits[kind] += text == a
     model.train()

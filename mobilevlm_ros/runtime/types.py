@@ -19,6 +19,10 @@ class Box:
     phrase: str = ""
 
     @property
+    def xyxy(self) -> tuple:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+    @property
     def width(self) -> float:
         return self.x2 - self.x1
 

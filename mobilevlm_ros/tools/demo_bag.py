@@ -23,7 +23,7 @@ def record(out: str, frames: int = 12, fps: float = 2.0, camera: str = "front", 
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from ..bags import BagWriter
+    from ..ros.bags import BagWriter
     from ..demo import scenes
 
     start_ns = 1_700_000_000 * 10**9  # a fixed epoch: the same bag bytes on every run

@@ -50,7 +50,7 @@ def camera_name(topic: str) -> str:
 
 def load_events(bag: str, questions_file: Optional[str] = None) -> tuple:
     """Frames and questions of a bag (plus a side file), in time order; and topic -> camera."""
-    from .. import bags
+    from ..ros import bags
 
     types = bags.topics(bag)
     image_topics = {t: camera_name(t) for t, ty in types.items() if ty in IMAGE_TYPES}
@@ -111,9 +111,9 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0, 
     from rclpy.serialization import deserialize_message, serialize_message
     from sensor_msgs.msg import CompressedImage, Image
 
-    from ..bags import BagWriter
+    from ..ros.bags import BagWriter
     from ..msg import Caption
-    from ..node import VLMNode
+    from ..ros.node import VLMNode
     from ..srv import Ask
 
     events, image_topics = load_events(in_bag, questions)
@@ -235,7 +235,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 
 def _summary(events: List[Event], rec: Recorder, timing_errors: List[float]) -> dict:
-    from ..demo.scenes import iou
+    from ..runtime.grounding import box_iou as iou
 
     frames = sum(e.kind == "frame" for e in events)
     grounded, grounded_ok, counted, counted_ok = 0, 0, 0, 0
@@ -256,8 +256,8 @@ def _summary(events: List[Event], rec: Recorder, timing_errors: List[float]) -> 
 # -- comparing two runs ------------------------------------------------------------------------
 def compare(actual_bag: str, expected_bag: str, min_iou: float = 0.5, max_text_changes: int = 0) -> dict:
     """Captions paired by (camera, source stamp), answers by (question, source stamp)."""
-    from .. import bags
-    from ..demo.scenes import iou
+    from ..ros import bags
+    from ..runtime.grounding import box_iou as iou
 
     def load(path):
         caps, answers = {}, {}
@@ -344,10 +344,10 @@ def write_strip(bag: str, png: str, columns: int = 4, limit: int = 16) -> str:
     import numpy as np
     from PIL import Image as PILImage
 
-    from .. import bags
-    from ..image_convert import image_to_rgb
+    from ..ros import bags
+    from ..ros.bridge import imgmsg_to_rgb
 
-    frames = [image_to_rgb(bags.deserialize(t, raw)) for _, t, _, raw in bags.read(bag, {"/vlm/annotated"})][:limit]
+    frames = [imgmsg_to_rgb(bags.deserialize(t, raw)) for _, t, _, raw in bags.read(bag, {"/vlm/annotated"})][:limit]
     if not frames:
         raise ValueError(f"{bag}: no annotated frames recorded")
     h, w = frames[0].shape[:2]

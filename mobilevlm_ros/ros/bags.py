@@ -8,36 +8,21 @@ by rosbags without our package.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Dict, Iterator, Tuple
 
 from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from .share import share_path
+
 OUR_MESSAGES = ("Timings", "BoundingBox", "Caption", "GroundedAnswer")
-
-
-def _msg_dir() -> str:
-    """Where our .msg files are: the source tree, the venv/colcon share folder, or the ament index."""
-    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "msg"),
-                  os.path.join(sys.prefix, "share", "mobilevlm_ros", "msg")]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        candidates.append(os.path.join(get_package_share_directory("mobilevlm_ros"), "msg"))
-    except Exception:  # no ament index (pip set-up)
-        pass
-    for c in candidates:
-        if os.path.isfile(os.path.join(c, "Caption.msg")):
-            return c
-    raise FileNotFoundError("mobilevlm_ros message definitions (msg/*.msg) not found")
 
 
 def typestore():
     """ROS 2 Jazzy's types plus ours."""
     store = get_typestore(Stores.ROS2_JAZZY)
-    folder = _msg_dir()
+    folder = share_path("msg")
     types = {}
     for name in OUR_MESSAGES:
         with open(os.path.join(folder, f"{name}.msg")) as f:

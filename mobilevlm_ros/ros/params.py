@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from .runtime.errors import PromptError
-from .runtime.generation import MAX_NEW_TOKENS_LIMIT
-from .runtime.prompt import DEFAULT_CAPTION_QUESTION, check_question
-from .runtime.sessions import BACKENDS
+from ..runtime.errors import PromptError
+from ..runtime.generation import MAX_NEW_TOKENS_LIMIT
+from ..runtime.prompt import DEFAULT_CAPTION_QUESTION, check_question
+from ..runtime.sessions import BACKENDS
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .msg import BoundingBox, Caption, GroundedAnswer, Timings
-from .runtime.types import Answer, Box
-from .runtime.types import Timings as RuntimeTimings
+from ..msg import BoundingBox, Caption, GroundedAnswer, Timings
+from ..runtime.types import Answer, Box
+from ..runtime.types import Timings as RuntimeTimings
 
 
 def timings_msg(t: RuntimeTimings) -> Timings:

@@ -21,9 +21,9 @@ from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from mobilevlm_ros.annotate import BOX_COLORS, draw_answer
-from mobilevlm_ros.image_convert import (
-    ACCEPTED_ENCODINGS, MAX_PIXELS, compressed_to_rgb, image_to_rgb, msg_to_rgb, rgb_to_image_msg,
+from mobilevlm_ros.ros.annotate import BOX_COLORS, draw_answer
+from mobilevlm_ros.ros.bridge import (
+    ACCEPTED_ENCODINGS, MAX_PIXELS, compressed_imgmsg_to_rgb, imgmsg_to_rgb, msg_to_rgb, rgb_to_imgmsg,
 )
 from mobilevlm_ros.runtime.errors import ImageError
 from mobilevlm_ros.runtime.types import Box
@@ -135,7 +135,7 @@ def test_accepted_encodings_cover_the_contract():
 @pytest.mark.parametrize("encoding", NON_BAYER)
 def test_encoding_converts_to_known_rgb(encoding):
     rows, expected, tol = raw_frame(encoding)
-    out = image_to_rgb(make_image(encoding, W, H, rows))
+    out = imgmsg_to_rgb(make_image(encoding, W, H, rows))
     assert out.shape == (H, W, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
     diff = np.abs(out.astype(int) - np.rint(expected).astype(int))
     assert diff.max() <= tol, f"{encoding}: max difference {diff.max()}"
@@ -149,8 +149,8 @@ def test_padded_rows_equal_unpadded(encoding, pad):
     else:
         rows = raw_frame(encoding)[0]
     rows = np.ascontiguousarray(rows).reshape(H, -1)
-    plain = image_to_rgb(make_image(encoding, W, H, rows))
-    padded = image_to_rgb(make_image(encoding, W, H, rows, step=rows.shape[1] + pad))
+    plain = imgmsg_to_rgb(make_image(encoding, W, H, rows))
+    padded = imgmsg_to_rgb(make_image(encoding, W, H, rows, step=rows.shape[1] + pad))
     assert padded.flags.c_contiguous
     np.testing.assert_array_equal(padded, plain)
 
@@ -161,18 +161,18 @@ def test_big_endian_16bit_equals_little_endian(encoding):
     le = make_image(encoding, W, H, values.astype("<u2").view(np.uint8))
     be = make_image(encoding, W, H, values.astype(">u2").view(np.uint8), bigendian=1)
     assert bytes(le.data) != bytes(be.data)
-    np.testing.assert_array_equal(image_to_rgb(be), image_to_rgb(le))
+    np.testing.assert_array_equal(imgmsg_to_rgb(be), imgmsg_to_rgb(le))
     # And big-endian padded rows with an odd step (misaligned 16-bit values) too.
     be_padded = make_image(encoding, W, H, values.astype(">u2").view(np.uint8), step=2 * W + 3, bigendian=1)
-    np.testing.assert_array_equal(image_to_rgb(be_padded), image_to_rgb(le))
+    np.testing.assert_array_equal(imgmsg_to_rgb(be_padded), imgmsg_to_rgb(le))
 
 
 def test_depth_stretch_uniform_and_empty_frames():
     flat = np.where(DEPTH > 0, 1234, 0).astype("<u2")
-    out = image_to_rgb(make_image("16UC1", W, H, flat.view(np.uint8)))
+    out = imgmsg_to_rgb(make_image("16UC1", W, H, flat.view(np.uint8)))
     np.testing.assert_array_equal(out[..., 0], np.where(DEPTH > 0, 255, 0))
     empty = np.zeros((H, W), "<u2")
-    assert not image_to_rgb(make_image("16UC1", W, H, empty.view(np.uint8))).any()
+    assert not imgmsg_to_rgb(make_image("16UC1", W, H, empty.view(np.uint8))).any()
 
 
 @pytest.mark.parametrize("encoding", BAYER)
@@ -181,7 +181,7 @@ def test_bayer_uniform_colour(encoding, colour):
     pattern = encoding[len("bayer_"):-1]
     width, height = 10, 8
     mosaic = bayer_mosaic(pattern, lambda x: colour, width, height)
-    out = image_to_rgb(make_image(encoding, width, height, mosaic))
+    out = imgmsg_to_rgb(make_image(encoding, width, height, mosaic))
     assert out.shape == (height, width, 3)
     interior = out[2:-2, 2:-2].reshape(-1, 3)
     assert (interior == np.array(colour, np.uint8)).all(), f"{encoding}: {interior[0]} != {colour}"
@@ -193,14 +193,14 @@ def test_bayer_two_colour_halves(encoding):
     left, right = (200, 40, 90), (30, 180, 250)
     width, height = 16, 8
     mosaic = bayer_mosaic(pattern, lambda x: left if x < 8 else right, width, height)
-    out = image_to_rgb(make_image(encoding, width, height, mosaic, step=width + 3))
+    out = imgmsg_to_rgb(make_image(encoding, width, height, mosaic, step=width + 3))
     assert (out[2:-2, 2:6].reshape(-1, 3) == left).all()
     assert (out[2:-2, 10:14].reshape(-1, 3) == right).all()
 
 
 def test_rgb8_unpadded_is_a_view_of_the_message():
     msg = make_image("rgb8", W, H, REF)
-    out = image_to_rgb(msg)
+    out = imgmsg_to_rgb(msg)
     assert np.shares_memory(out, np.frombuffer(msg.data, np.uint8))
 
 
@@ -209,13 +209,13 @@ def test_duck_typed_data_containers(kind):
     raw = REF[..., ::-1].tobytes()
     data = {"bytes": raw, "numpy": np.frombuffer(raw, np.uint8).copy(), "list": list(raw)}[kind]
     msg = SimpleNamespace(encoding="bgr8", width=W, height=H, step=3 * W, is_bigendian=0, data=data)
-    np.testing.assert_array_equal(image_to_rgb(msg), REF)
+    np.testing.assert_array_equal(imgmsg_to_rgb(msg), REF)
 
 
 # --- refusals ---------------------------------------------------------------------------------
 
 
-def refusal(msg, fn=image_to_rgb):
+def refusal(msg, fn=imgmsg_to_rgb):
     with pytest.raises(ImageError) as info:
         fn(msg)
     text = str(info.value)
@@ -288,29 +288,29 @@ def make_compressed(data, fmt):
 
 def test_png_rgb_exact():
     for fmt in ("png", "rgb8; png compressed bgr8"):
-        out = compressed_to_rgb(make_compressed(pil_bytes(REF, "PNG"), fmt))
+        out = compressed_imgmsg_to_rgb(make_compressed(pil_bytes(REF, "PNG"), fmt))
         assert out.flags.c_contiguous
         np.testing.assert_array_equal(out, REF)
 
 
 def test_png_rgba_drops_alpha_and_gray_repeats():
     rgba = np.concatenate([REF, ALPHA], axis=2)
-    np.testing.assert_array_equal(compressed_to_rgb(make_compressed(pil_bytes(rgba, "PNG"), "png")), REF)
-    out = compressed_to_rgb(make_compressed(pil_bytes(GRAY, "PNG"), "mono8; png compressed mono8"))
+    np.testing.assert_array_equal(compressed_imgmsg_to_rgb(make_compressed(pil_bytes(rgba, "PNG"), "png")), REF)
+    out = compressed_imgmsg_to_rgb(make_compressed(pil_bytes(GRAY, "PNG"), "mono8; png compressed mono8"))
     np.testing.assert_array_equal(out, np.repeat(GRAY[..., None], 3, axis=2))
 
 
 def test_png_16bit_mono_and_depth():
     png16 = pil_bytes(MONO16, "PNG")
     assert PILImage.open(io.BytesIO(png16)).mode.startswith("I;16")
-    out = compressed_to_rgb(make_compressed(png16, "mono16; png compressed mono16"))
+    out = compressed_imgmsg_to_rgb(make_compressed(png16, "mono16; png compressed mono16"))
     np.testing.assert_array_equal(out[..., 1], (MONO16 >> 8).astype(np.uint8))
     depth_png = pil_bytes(DEPTH, "PNG")
-    out = compressed_to_rgb(make_compressed(depth_png, "16UC1; png compressed 16UC1"))
+    out = compressed_imgmsg_to_rgb(make_compressed(depth_png, "16UC1; png compressed 16UC1"))
     np.testing.assert_array_equal(out, depth_expected(DEPTH))
     # compressed_depth_image_transport: a 12-byte header (format + 2 floats) before the PNG.
     header = struct.pack("<iff", 0, 0.0, 0.0)
-    out = compressed_to_rgb(make_compressed(header + depth_png, "16UC1; compressedDepth png"))
+    out = compressed_imgmsg_to_rgb(make_compressed(header + depth_png, "16UC1; compressedDepth png"))
     np.testing.assert_array_equal(out, depth_expected(DEPTH))
 
 
@@ -339,13 +339,13 @@ def test_jpeg_colour_and_gray_within_tolerance():
 
 
 def test_compressed_refusals():
-    assert "empty data" in refusal(make_compressed(b"", "jpeg"), compressed_to_rgb)
+    assert "empty data" in refusal(make_compressed(b"", "jpeg"), compressed_imgmsg_to_rgb)
     garbage = b"\xff\xd8\xff\xe0" + bytes(RNG.integers(0, 256, 200, dtype=np.uint8))
-    text = refusal(make_compressed(garbage, "jpeg"), compressed_to_rgb)
+    text = refusal(make_compressed(garbage, "jpeg"), compressed_imgmsg_to_rgb)
     assert "corrupt JPEG header" in text and "'jpeg'" in text
-    text = refusal(make_compressed(b"not an image at all", "png"), compressed_to_rgb)
+    text = refusal(make_compressed(b"not an image at all", "png"), compressed_imgmsg_to_rgb)
     assert "not JPEG or PNG data" in text and "accepted: JPEG, PNG" in text
-    assert "RVL" in refusal(make_compressed(b"\0" * 40, "16UC1; compressedDepth rvl"), compressed_to_rgb)
+    assert "RVL" in refusal(make_compressed(b"\0" * 40, "16UC1; compressedDepth rvl"), compressed_imgmsg_to_rgb)
     # A PNG whose header claims 9000 x 8000 (72 Mpx): refused from the header, nothing decoded.
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -353,7 +353,7 @@ def test_compressed_refusals():
     ihdr = struct.pack(">IIBBBBB", 9000, 8000, 8, 2, 0, 0, 0)  # 8-bit RGB
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
             + chunk(b"IEND", b""))
-    text = refusal(make_compressed(bomb, "png"), compressed_to_rgb)
+    text = refusal(make_compressed(bomb, "png"), compressed_imgmsg_to_rgb)
     assert "over the limit" in text and "9000x8000" in text
 
 
@@ -375,15 +375,15 @@ OTHER_FORMATS = {
 
 @pytest.mark.parametrize("kind", sorted(OTHER_FORMATS))
 def test_only_jpeg_and_png_reach_a_decoder(kind, monkeypatch):
-    import mobilevlm_ros.image_convert as ic
+    import mobilevlm_ros.ros.bridge as ic
 
     decoded, imdecode = [], ic.cv2.imdecode
     monkeypatch.setattr(ic.cv2, "imdecode", lambda *a: decoded.append(a) or imdecode(*a))
     for fmt in (kind, "jpeg", "png"):  # whatever the sender calls it
-        text = refusal(make_compressed(OTHER_FORMATS[kind](), fmt), compressed_to_rgb)
+        text = refusal(make_compressed(OTHER_FORMATS[kind](), fmt), compressed_imgmsg_to_rgb)
         assert "not JPEG or PNG data" in text and "accepted: JPEG, PNG" in text
     assert decoded == []
-    np.testing.assert_array_equal(compressed_to_rgb(make_compressed(pil_bytes(REF, "PNG"), "png")), REF)
+    np.testing.assert_array_equal(compressed_imgmsg_to_rgb(make_compressed(pil_bytes(REF, "PNG"), "png")), REF)
     assert len(decoded) == 1
 
 
@@ -394,7 +394,7 @@ def test_msg_to_rgb_dispatch_and_refusal():
         msg_to_rgb(object())
 
 
-# --- rgb_to_image_msg ------------------------------------------------------------------------
+# --- rgb_to_imgmsg ------------------------------------------------------------------------
 
 
 def test_rgb_to_image_msg_round_trip():
@@ -403,17 +403,17 @@ def test_rgb_to_image_msg_round_trip():
     header = Header(frame_id="camera_optical")
     header.stamp.sec, header.stamp.nanosec = 12, 345
     rgb = np.ascontiguousarray(np.concatenate([REF, REF[:, :1]], axis=1)[:, ::-1])  # 7 wide
-    msg = rgb_to_image_msg(rgb[:, :], header)
+    msg = rgb_to_imgmsg(rgb[:, :], header)
     assert isinstance(msg, Image)
     assert (msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian) == ("rgb8", 7, H, 21, 0)
     assert msg.header.frame_id == "camera_optical" and msg.header.stamp.nanosec == 345
     back = deserialize_message(serialize_message(msg), Image)
-    np.testing.assert_array_equal(image_to_rgb(back), rgb)
+    np.testing.assert_array_equal(imgmsg_to_rgb(back), rgb)
     # A non-contiguous view goes out as its pixels.
     view = REF[:, ::2]
-    np.testing.assert_array_equal(image_to_rgb(rgb_to_image_msg(view)), view)
+    np.testing.assert_array_equal(imgmsg_to_rgb(rgb_to_imgmsg(view)), view)
     with pytest.raises(ImageError):
-        rgb_to_image_msg(np.zeros((4, 4), np.uint8))
+        rgb_to_imgmsg(np.zeros((4, 4), np.uint8))
 
 
 # --- draw_answer -----------------------------------------------------------------------------
@@ -454,7 +454,7 @@ def test_draw_answer_tiny_images(shape):
 
 
 def test_draw_answer_long_text_is_cut_to_a_few_lines():
-    from mobilevlm_ros.annotate import MAX_TEXT_LINES, _wrap
+    from mobilevlm_ros.ros.annotate import MAX_TEXT_LINES, _wrap
 
     lines = _wrap("lorem ipsum dolor " * 100, 300, 0.6, 1, MAX_TEXT_LINES)
     assert len(lines) == MAX_TEXT_LINES and lines[-1].endswith("...")

@@ -1,6 +1,6 @@
 """Draw an answer on a frame for `~/annotated`: each box with its phrase, the text on a dark band.
 
-Colour order: frames are RGB from end to end (image_convert gives RGB, rgb_to_image_msg publishes
+Colour order: frames are RGB from end to end (image_convert gives RGB, rgb_to_imgmsg publishes
 rgb8). OpenCV's drawing functions are blind to channel order: a colour tuple is written into
 channels 0, 1, 2 as given. So every colour here is written (R, G, B) and drawn straight onto the
 RGB frame; nothing is converted to BGR and back, and no colour is borrowed from BGR-minded code
@@ -17,7 +17,7 @@ from typing import Iterable, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .runtime.errors import ImageError
+from ..runtime.errors import ImageError
 
 # (R, G, B), cycled over the boxes in order.
 BOX_COLORS: Tuple[Tuple[int, int, int], ...] = (

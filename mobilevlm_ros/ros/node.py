@@ -12,7 +12,6 @@ The engine loads on configure and is freed on cleanup; inference runs on one wor
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
@@ -29,15 +28,16 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 
 from . import params as P
-from .action import Ask as AskAction
+from ..action import Ask as AskAction
 from .annotate import draw_answer
-from .image_convert import compressed_to_rgb, image_to_rgb, rgb_to_image_msg
+from .bridge import compressed_imgmsg_to_rgb, imgmsg_to_rgb, rgb_to_imgmsg
 from .messages import answer_msg, caption_msg
-from .msg import Caption
-from .runtime.errors import ImageError, PromptError, VLMError
-from .runtime.generation import GenerationParams
-from .runtime.prompt import check_question
-from .srv import Ask as AskService
+from ..msg import Caption
+from ..runtime.errors import ImageError, PromptError, VLMError
+from ..runtime.generation import GenerationParams
+from ..runtime.prompt import check_question
+from ..srv import Ask as AskService
+from .share import share_path
 from .worker import Frame, Job, Worker
 
 ANSWER_TIMEOUT_S = 600.0
@@ -50,16 +50,6 @@ REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64, reliability=
 # How long a finished goal's result waits for its client (rclpy's default is 900 s). Clients ask for
 # it as soon as the goal is accepted; a result nobody fetched in a minute is not coming.
 RESULT_TIMEOUT_S = 60
-
-
-def default_engine_dir() -> str:
-    """The demo engine: installed share/mobilevlm_ros/engines/demo, else the source tree's engines/demo."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return os.path.join(get_package_share_directory("mobilevlm_ros"), "engines", "demo")
-    except Exception:  # not installed with colcon (pip/venv set-up), or ament_index missing
-        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engines", "demo")
 
 
 def _descriptor(p: P.Param) -> ParameterDescriptor:
@@ -175,9 +165,9 @@ class VLMNode(LifecycleNode):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from .runtime.vlm import VLM
+        from ..runtime.vlm import VLM
 
-        engine = self._p("engine_dir") or default_engine_dir()
+        engine = self._p("engine_dir") or share_path("engines/demo")
         try:
             self.vlm = VLM(engine, backend=self._p("backend"), threads=self._p("threads"),
                            max_length=self._p("max_context"))
@@ -222,10 +212,10 @@ class VLMNode(LifecycleNode):
             self.worker.add_camera(camera)
             if transport == "compressed":
                 sub = self.create_subscription(CompressedImage, f"{camera}/image_raw/compressed",
-                                               lambda m, c=camera: self._on_frame(c, m, compressed_to_rgb), qos)
+                                               lambda m, c=camera: self._on_frame(c, m, compressed_imgmsg_to_rgb), qos)
             else:
                 sub = self.create_subscription(Image, f"{camera}/image_raw",
-                                               lambda m, c=camera: self._on_frame(c, m, image_to_rgb), qos)
+                                               lambda m, c=camera: self._on_frame(c, m, imgmsg_to_rgb), qos)
             self._subs.append(sub)
         self.worker.start()
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
@@ -289,7 +279,7 @@ class VLMNode(LifecycleNode):
         # Drawing costs a frame copy and some text rendering: only when someone looks.
         pub = self.annotated_pub
         if pub is not None and pub.get_subscription_count() > 0:
-            pub.publish(rgb_to_image_msg(draw_answer(frame.rgb, answer.text, answer.boxes), frame.header))
+            pub.publish(rgb_to_imgmsg(draw_answer(frame.rgb, answer.text, answer.boxes), frame.header))
 
     def _publish_annotated_answer(self, job: Job) -> None:
         self._publish_annotated(job.frame, job.answer)
@@ -306,9 +296,9 @@ class VLMNode(LifecycleNode):
         question = check_question(request.question)
         now = time.monotonic()
         if len(image.data):
-            frame, camera = Frame(image_to_rgb(image), image.header, now), ""
+            frame, camera = Frame(imgmsg_to_rgb(image), image.header, now), ""
         elif len(compressed.data):
-            frame, camera = Frame(compressed_to_rgb(compressed), compressed.header, now), ""
+            frame, camera = Frame(compressed_imgmsg_to_rgb(compressed), compressed.header, now), ""
         else:
             cameras = self._p("cameras")
             camera = request.camera or cameras[0]

@@ -18,9 +18,9 @@ from typing import Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
-from .runtime.errors import VLMError
-from .runtime.generation import GenerationParams
-from .runtime.types import Answer
+from ..runtime.errors import VLMError
+from ..runtime.generation import GenerationParams
+from ..runtime.types import Answer
 
 
 @dataclass

@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .runtime.errors import ImageError
+from ..runtime.errors import ImageError
 
 MAX_PIXELS = 64_000_000  # 64 megapixels: larger than any camera we serve, small enough to allocate.
 
@@ -145,7 +145,7 @@ def _depth16_to_8(values: np.ndarray) -> np.ndarray:
     return np.where(valid, scaled, 0).astype(np.uint8)
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
+def imgmsg_to_rgb(msg: Any) -> np.ndarray:
     """A sensor_msgs/Image as H x W x 3 uint8 RGB (C-contiguous). Raises ImageError on bad input."""
     encoding = str(msg.encoding)
     layout = _LAYOUT.get(encoding)
@@ -212,7 +212,7 @@ def _compressed_size(buf: np.ndarray, kind: str, what: str) -> tuple:
         raise ImageError(f"{what}: corrupt {kind} header ({type(e).__name__})") from None
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
+def compressed_imgmsg_to_rgb(msg: Any) -> np.ndarray:
     """A sensor_msgs/CompressedImage (JPEG, PNG, compressedDepth PNG) as H x W x 3 uint8 RGB.
 
     Raises ImageError on anything else, before any decoder runs."""
@@ -259,13 +259,13 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
 def msg_to_rgb(msg: Any) -> np.ndarray:
     """Image or CompressedImage (told apart by their fields) -> H x W x 3 uint8 RGB."""
     if hasattr(msg, "encoding"):
-        return image_to_rgb(msg)
+        return imgmsg_to_rgb(msg)
     if hasattr(msg, "format"):
-        return compressed_to_rgb(msg)
+        return compressed_imgmsg_to_rgb(msg)
     raise ImageError(f"expected a sensor_msgs/Image or CompressedImage, got {type(msg).__name__}")
 
 
-def rgb_to_image_msg(rgb: np.ndarray, header: Any = None):
+def rgb_to_imgmsg(rgb: np.ndarray, header: Any = None):
     """H x W x 3 uint8 RGB -> sensor_msgs/Image (rgb8, step = 3 * width, header copied if given)."""
     from sensor_msgs.msg import Image
 
