@@ -72,7 +72,7 @@ def test_every_frame_captioned_with_its_header_and_bag_readable(first_run):
         annotated = [1 for c, _, _ in reader.messages() if c.topic == "/vlm/annotated"]
     assert {(c.header.stamp.sec, c.header.stamp.nanosec, c.header.frame_id) for c in caps} == frame_stamps
     assert len(caps) == len(frame_stamps) and annotated
-    questions = sum(1 for _ in bags.read(DEMO_BAG, {R.QUESTIONS_TOPIC}))
+    questions = sum(1 for _ in bags.read(DEMO_BAG, {bags.QUESTIONS_TOPIC}))
     assert summary["answers"] == questions
 
 

@@ -48,7 +48,8 @@ PARAMS = (
 )
 BY_NAME = {p.name: p for p in PARAMS}
 
-_CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
+# A camera name becomes part of topic names: N/image_raw.
+CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 
 
 def check(name: str, value: Any) -> str:
@@ -62,7 +63,7 @@ def check(name: str, value: Any) -> str:
             return "cameras must name at least one camera"
         if len(set(value)) != len(value):
             return "camera names must be unique"
-        bad = [c for c in value if not _CAMERA_NAME.match(c)]
+        bad = [c for c in value if not CAMERA_NAME.match(c)]
         if bad:
             return f"invalid camera name(s) {bad}: letters, digits, '_' and '/' only, starting with a letter"
     if name == "transports" and (not value or any(t not in ("raw", "compressed") for t in value)):

@@ -14,8 +14,6 @@ import argparse
 import json
 import sys
 
-QUESTIONS_TOPIC = "/vlm/questions"
-
 
 def record(out: str, frames: int = 12, fps: float = 2.0, camera: str = "front", seed: int = 20_000_000,
            storage: str = "sqlite3", width: int = 320, height: int = 240) -> str:
@@ -23,12 +21,12 @@ def record(out: str, frames: int = 12, fps: float = 2.0, camera: str = "front", 
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from ..ros.bags import BagWriter
     from ..demo import scenes
+    from ..ros import bags
 
     start_ns = 1_700_000_000 * 10**9  # a fixed epoch: the same bag bytes on every run
     period_ns = int(1e9 / fps)
-    with BagWriter(out, storage) as bag:
+    with bags.BagWriter(out, storage) as bag:
         for i in range(frames):
             scene = scenes.make_scene(seed + i, width, height)
             t = start_ns + i * period_ns
@@ -52,7 +50,7 @@ def record(out: str, frames: int = 12, fps: float = 2.0, camera: str = "front", 
                 asks.append({"question": scenes.count_question(), "truth": {"answer": scenes.count_answer(scene)}})
             for k, q in enumerate(asks):
                 q.update(camera=camera)
-                bag.write(QUESTIONS_TOPIC, "std_msgs/msg/String", t + 1000 + k,
+                bag.write(bags.QUESTIONS_TOPIC, "std_msgs/msg/String", t + 1000 + k,
                           serialize_message(String(data=json.dumps(q))))
     return out
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-QUESTIONS_TOPIC = "/vlm/questions"
 CAPTION_TYPE, ANSWER_TYPE = "mobilevlm_ros/msg/Caption", "mobilevlm_ros/msg/GroundedAnswer"
 
 
@@ -57,9 +56,9 @@ def load_events(bag: str, questions_file: Optional[str] = None) -> tuple:
     if not image_topics:
         raise ValueError(f"bag {bag}: no sensor_msgs/Image or CompressedImage topic")
     events, t0 = [], None
-    for topic, msgtype, ts, raw in bags.read(bag, set(image_topics) | {QUESTIONS_TOPIC}):
+    for topic, msgtype, ts, raw in bags.read(bag, set(image_topics) | {bags.QUESTIONS_TOPIC}):
         t0 = ts if t0 is None else t0
-        if topic == QUESTIONS_TOPIC:
+        if topic == bags.QUESTIONS_TOPIC:
             q = json.loads(bags.deserialize(msgtype, raw).data)
             events.append(Event(ts, "question", q.get("camera", ""), q))
         else:
