@@ -9,17 +9,20 @@ import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
 
-from rosbags.highlevel import AnyReader  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from mobilevlm_ros.ros import bags  # noqa: E402
+from rosbags.highlevel import AnyReader  # noqa: E402
+
+from mobilevlm_ros.ros import bags, report  # noqa: E402
 from mobilevlm_ros.ros.bags import BagWriter  # noqa: E402
+from mobilevlm_ros.ros.player import split_node_name  # noqa: E402
 from mobilevlm_ros.tools import replay as R  # noqa: E402
 from mobilevlm_ros.tools.demo_bag import record  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_BAG = os.path.join(ROOT, "test", "fixtures", "demo_bag")
 DEMO_ENGINE = os.path.join(ROOT, "engines", "demo")
+NO_DEMO_ENGINE = not os.path.isfile(os.path.join(DEMO_ENGINE, "manifest.json"))
 
 
 def _frames(bag):
@@ -33,11 +36,13 @@ def test_demo_bag_is_reproducible_and_carries_truth(tmp_path):
     fa, fb = _frames(a), _frames(b)
     assert [bytes(f.data) for f in fa] == [bytes(f.data) for f in fb]  # same frames, either storage
     assert fa[1].header.stamp.nanosec == 500_000_000
-    truths = [json.loads(bags.deserialize(t, raw).data) for topic, t, _, raw in bags.read(a, {"/front/ground_truth"})]
+    truths = [json.loads(bags.deserialize(t, raw).data)
+              for topic, t, _, raw in bags.read(a, {"/front/ground_truth"})]
     assert len(truths) == 3 and all(o["box"][2] > o["box"][0] for tr in truths for o in tr["objects"])
     # and the committed fixture is what the recorder makes
     committed = _frames(DEMO_BAG)
-    assert [bytes(f.data) for f in committed[:3]] == [bytes(f.data) for f in _frames(_record_default(tmp_path))[:3]]
+    recorded = _frames(_record_default(tmp_path))
+    assert [bytes(f.data) for f in committed[:3]] == [bytes(f.data) for f in recorded[:3]]
 
 
 def _record_default(tmp_path):
@@ -49,7 +54,7 @@ def _record_default(tmp_path):
 @pytest.fixture(scope="module")
 def engine(engines):
     """The trained demo engine when it exists (its answers are right), else the tiny random one."""
-    return DEMO_ENGINE if os.path.isfile(os.path.join(DEMO_ENGINE, "manifest.json")) else engines("tiny", "fp32")
+    return DEMO_ENGINE if not NO_DEMO_ENGINE else engines("tiny", "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +66,8 @@ def first_run(engine, tmp_path_factory):
 
 def test_every_frame_captioned_with_its_header_and_bag_readable(first_run):
     out, summary = first_run
-    frame_stamps = {(f.header.stamp.sec, f.header.stamp.nanosec, f.header.frame_id) for f in _frames(DEMO_BAG)}
+    frame_stamps = {(f.header.stamp.sec, f.header.stamp.nanosec, f.header.frame_id)
+                    for f in _frames(DEMO_BAG)}
     # Read back with rosbags alone: our definitions are embedded in the bag.
     with AnyReader([Path(out)]) as reader:
         types = {c.topic: c.msgtype for c in reader.connections}
@@ -74,9 +80,6 @@ def test_every_frame_captioned_with_its_header_and_bag_readable(first_run):
     assert len(caps) == len(frame_stamps) and annotated
     questions = sum(1 for _ in bags.read(DEMO_BAG, {bags.QUESTIONS_TOPIC}))
     assert summary["answers"] == questions
-
-
-NO_DEMO_ENGINE = not os.path.isfile(os.path.join(DEMO_ENGINE, "manifest.json"))
 
 
 @pytest.mark.skipif(NO_DEMO_ENGINE, reason="engines/demo (the trained demo model) is not in this checkout")
@@ -106,7 +109,7 @@ def test_compare_passes_on_identical_runs_and_fails_on_a_changed_bag(first_run, 
     out, _ = first_run
     again = str(tmp_path / "again")
     R.replay(DEMO_BAG, again, engine, rate=0, quiet=True)
-    assert R.compare(again, out)["ok"]
+    assert report.compare(again, out)["ok"]
 
     # A deliberately different expected bag: one caption's text changed.
     changed = str(tmp_path / "changed")
@@ -120,14 +123,113 @@ def test_compare_passes_on_identical_runs_and_fails_on_a_changed_bag(first_run, 
                 m.text = m.text + " and a purple hexagon"
                 raw, first = serialize_message(m), False
             w.write(topic, msgtype, ts, raw)
-    report = R.compare(again, changed)
-    assert not report["ok"] and len(report["text_changes"]) == 1
-    assert "purple hexagon" in report["text_changes"][0]["expected"]
-    rc = R.main([DEMO_BAG, "--engine", engine, "--out", str(tmp_path / "third"), "--rate", "0", "--compare", changed,
-                 "--json"])
+    result = report.compare(again, changed)
+    assert not result["ok"] and len(result["text_changes"]) == 1
+    assert "purple hexagon" in result["text_changes"][0]["expected"]
+    rc = R.main([DEMO_BAG, "--engine", engine, "--out", str(tmp_path / "third"), "--rate", "0",
+                 "--compare", changed, "--json"])
     assert rc == 1
 
 
 def test_replay_errors_are_clear(tmp_path, engine, capsys):
     assert R.main([str(tmp_path / "missing_bag"), "--engine", engine, "--out", str(tmp_path / "o")]) == 1
     assert "missing_bag" in capsys.readouterr().err
+
+
+# -- the node's name: --node -------------------------------------------------------------------
+def _questions():
+    return sum(1 for _ in bags.read(DEMO_BAG, {bags.QUESTIONS_TOPIC}))
+
+
+@pytest.fixture(scope="module")
+def namespaced_run(engine, tmp_path_factory):
+    """A replay that starts its node as /robot1/vlm_test: namespace and name both not the defaults."""
+    out = str(tmp_path_factory.mktemp("replay_ns") / "out")
+    rc = R.main([DEMO_BAG, "--engine", engine, "--node", "/robot1/vlm_test", "--out", out, "--rate", "0",
+                 "--annotated", "--json"])
+    assert rc == 0
+    return out
+
+
+def test_engine_node_takes_the_name_and_namespace_of_node(namespaced_run):
+    # The node publishes ~/caption and serves ~/ask under its own name, and subscribes to its cameras in its
+    # namespace (/robot1/front/image_raw): captions and answers arrive only when all three names are right.
+    types = bags.topics(namespaced_run)
+    assert types == {"/robot1/vlm_test/caption": "mobilevlm_ros/msg/Caption",
+                     "/robot1/vlm_test/answers": "mobilevlm_ros/msg/GroundedAnswer",
+                     "/robot1/vlm_test/annotated": "sensor_msgs/msg/Image"}
+    captions = list(bags.read(namespaced_run, {"/robot1/vlm_test/caption"}))
+    answers = list(bags.read(namespaced_run, {"/robot1/vlm_test/answers"}))
+    assert len(captions) == len(_frames(DEMO_BAG)) and len(answers) == _questions()
+
+
+def test_compare_pairs_runs_of_different_node_names(namespaced_run, first_run, tmp_path):
+    out, _ = first_run  # recorded as /vlm
+    result = report.compare(namespaced_run, out)
+    assert result["ok"] and result["compared"] == len(_frames(DEMO_BAG)) + _questions(), result
+    assert report.compare(out, namespaced_run)["ok"]
+    # and the strip finds the annotated frames under the other name
+    png = report.write_strip(namespaced_run, str(tmp_path / "strip.png"))
+    assert os.path.getsize(png) > 0
+
+
+@pytest.fixture
+def running_node(engine):
+    """A VLM node started apart from the replay, as /replay_test/eyes (own context: as another process)."""
+    import threading
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from mobilevlm_ros.ros.node import VLMNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = VLMNode(name="eyes", namespace="/replay_test", context=context, parameter_overrides=[
+        Parameter("engine_dir", value=engine), Parameter("cameras", value=["front"]),
+        Parameter("caption_rate_hz", value=30.0), Parameter("qos_reliability", value="reliable"),
+        Parameter("qos_depth", value=10), Parameter("max_queue", value=8)])
+    executor = MultiThreadedExecutor(num_threads=8, context=context)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        executor.add_node(node)
+        spin = threading.Thread(target=executor.spin, daemon=True)
+        spin.start()
+        yield node.get_fully_qualified_name()
+        executor.shutdown()
+        spin.join(timeout=10)
+    finally:
+        node.trigger_shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_replay_talks_to_a_running_node_by_its_name(running_node, tmp_path):
+    assert running_node == "/replay_test/eyes"
+    out = str(tmp_path / "out")
+    summary = R.replay(DEMO_BAG, out, None, rate=0, annotated=True, quiet=True, node=running_node)
+    assert summary["captions"] == len(_frames(DEMO_BAG)) and summary["answers"] == _questions(), summary
+    assert set(bags.topics(out)) == {"/replay_test/eyes/caption", "/replay_test/eyes/answers",
+                                 "/replay_test/eyes/annotated"}
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("vlm", "is not an absolute name"), ("robot1/vlm", "is not an absolute name"),
+    ("/robot1/", "node name must not be empty"), ("/robot1/1vlm", "must not start with a number"),
+    ("/robot 1/vlm", "namespace must not contain"), ("//vlm", "repeated '/'")])
+def test_node_must_be_a_fully_qualified_node_name(name, reason, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        R.main([DEMO_BAG, "--node", name, "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --node" in err and reason in err and repr(name) in err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_split_node_name():
+    assert split_node_name("/vlm") == ("/", "vlm")
+    assert split_node_name("/robot1/vlm") == ("/robot1", "vlm")
+    assert split_node_name("/a/b/vlm_2") == ("/a/b", "vlm_2")

@@ -1,0 +1,175 @@
+"""The input side of mobilevlm-replay: a bag's frames and questions as timed events, played into a node.
+
+Frames go to the node's camera inputs (<node's namespace>/<camera>/image_raw[/compressed], the names the
+node subscribes to), questions to its ~/ask service; both are built from the node's fully qualified
+name. The bag's questions come from bags.QUESTIONS_TOPIC, a convention of the bag, not the node's name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+from rclpy.exceptions import NameValidationException
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+from rclpy.validate_full_topic_name import validate_full_topic_name
+from rclpy.validate_namespace import validate_namespace
+from rclpy.validate_node_name import validate_node_name
+from sensor_msgs.msg import CompressedImage, Image
+
+from ..srv import Ask
+from . import bags
+from .params import CAMERA_NAME
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+@dataclass
+class Event:
+    t_ns: int  # bag time
+    kind: str  # "frame" | "question"
+    camera: str
+    data: object  # CDR bytes (frame) or the question dict
+    compressed: bool = False
+
+
+def stamp_ns(header) -> int:
+    """A header's stamp in nanoseconds: frames, captions and answers are paired by it."""
+    return header.stamp.sec * 10**9 + header.stamp.nanosec
+
+
+def split_node_name(name: str) -> Tuple[str, str]:
+    """'/robot1/vlm' -> ('/robot1', 'vlm'); '/vlm' -> ('/', 'vlm'). ValueError (one line) when `name`
+    is not the absolute name of a node."""
+    if not name.startswith("/"):
+        raise ValueError(f"{name!r} is not an absolute name: it must start with '/', e.g. /robot1/vlm")
+    namespace, _, base = name.rpartition("/")
+    namespace = namespace or "/"
+    try:
+        validate_namespace(namespace)
+        validate_node_name(base)
+        validate_full_topic_name(name)  # what the parts miss: '//vlm'
+    except NameValidationException as e:  # rclpy's text: the reason, then the name with a caret
+        reason = str(e).splitlines()[0].rstrip(":")
+        raise ValueError(f"{name!r}: {reason[0].lower()}{reason[1:]}") from None
+    return namespace, base
+
+
+def camera_name(topic: str) -> str:
+    """A bag topic's camera name, as the node's `cameras` parameter takes it: /front/image_raw -> front;
+    /cam/color/image_raw/compressed -> cam/color; /my-cam/image_raw -> cam_my_cam."""
+    name = re.sub(r"/image_raw(/compressed)?$", "", topic).strip("/")
+    if not CAMERA_NAME.match(name):
+        name = "cam_" + re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_")
+    return name
+
+
+def load_events(bag: str, questions_file: Optional[str] = None) -> Tuple[List[Event], Dict[str, str]]:
+    """Frames and questions of a bag (plus a side file), in time order; and topic -> camera."""
+    types = bags.topics(bag)
+    image_topics = {t: camera_name(t) for t, ty in types.items() if ty in IMAGE_TYPES}
+    if not image_topics:
+        raise ValueError(f"bag {bag}: no sensor_msgs/Image or CompressedImage topic")
+    events, t0 = [], None
+    for topic, msgtype, ts, raw in bags.read(bag, set(image_topics) | {bags.QUESTIONS_TOPIC}):
+        t0 = ts if t0 is None else t0
+        if topic == bags.QUESTIONS_TOPIC:
+            q = json.loads(bags.deserialize(msgtype, raw).data)
+            events.append(Event(ts, "question", q.get("camera", ""), q))
+        else:
+            events.append(Event(ts, "frame", image_topics[topic], raw, msgtype.endswith("CompressedImage")))
+    if questions_file:
+        with open(questions_file) as f:
+            for q in json.load(f):
+                events.append(Event((t0 or 0) + int(float(q["t"]) * 1e9), "question", q.get("camera", ""), q))
+    events.sort(key=lambda e: (e.t_ns, e.kind != "frame"))
+    return events, image_topics
+
+
+def camera_transports(events: List[Event], image_topics: Dict[str, str]) -> Dict[str, str]:
+    """camera -> "raw" or "compressed", as the bag carries it."""
+    transports = {cam: "raw" for cam in sorted(set(image_topics.values()))}
+    for e in events:
+        if e.kind == "frame" and e.compressed:
+            transports[e.camera] = "compressed"
+    return transports
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Player:
+    """Publishes a bag's frames to the node `node` (fully qualified name) and asks its questions."""
+
+    def __init__(self, ros_node, node: str, transports: Dict[str, str]):
+        namespace = split_node_name(node)[0].rstrip("/")
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # a replay drops nothing
+        self.node = node
+        self.publishers = {}
+        for cam, transport in transports.items():
+            compressed = transport == "compressed"
+            topic = f"{namespace}/{cam}/image_raw" + ("/compressed" if compressed else "")
+            msg_class = CompressedImage if compressed else Image
+            self.publishers[cam] = ros_node.create_publisher(msg_class, topic, reliable)
+        self.ask_client = ros_node.create_client(Ask, f"{node}/ask")
+
+    def wait_for_node(self, timeout: float = 30.0) -> None:
+        """Until the node serves ~/ask and subscribes to every camera."""
+        if not self.ask_client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f"no VLM node answers on {self.node}/ask "
+                               "(is it running? did the engine load? is --node its full name?)")
+        for cam, pub in self.publishers.items():
+            wait_until(lambda: pub.get_subscription_count() > 0, timeout,
+                       f"the node to subscribe to camera {cam} ({pub.topic_name})")
+
+    def publish_frame(self, event: Event) -> int:
+        """Publish a frame event's recorded bytes, as they are; its source stamp."""
+        msg = deserialize_message(event.data, CompressedImage if event.compressed else Image)
+        self.publishers[event.camera].publish(event.data)
+        return stamp_ns(msg.header)
+
+    def ask(self, q: dict):
+        """Ask a question dict through ~/ask; the future of its response."""
+        return self.ask_client.call_async(Ask.Request(question=q["question"], camera=q.get("camera", ""),
+                                                        max_new_tokens=int(q.get("max_new_tokens", 0))))
+
+    def play(self, events: List[Event], rate: float, wait_for_caption: Callable[[int, float], bool],
+             on_response: Callable[[dict, object], None]) -> List[float]:
+        """Play `events` at `rate` times recorded speed; rate 0: lock-step, each frame once the previous
+        one is captioned (`wait_for_caption(stamp, timeout)`) and each question once answered. Every
+        response goes to `on_response(question, response)` as it completes. Returns how late
+        each frame was published, in seconds (recorded timing only)."""
+        pending, timing_errors = [], []
+        t0_bag, t0_wall = events[0].t_ns if events else 0, time.monotonic()
+        for e in events:
+            if rate > 0:  # recorded timing, scaled
+                due = t0_wall + (e.t_ns - t0_bag) / 1e9 / rate
+                time.sleep(max(0.0, due - time.monotonic()))
+                if e.kind == "frame":
+                    timing_errors.append(time.monotonic() - due)
+            if e.kind == "frame":
+                stamp = self.publish_frame(e)
+                if rate == 0 and not wait_for_caption(stamp, 120.0):
+                    print(f"warning: no caption for the frame stamped {stamp} within 120 s", file=sys.stderr)
+            else:
+                fut = self.ask(e.data)
+                pending.append((e.data, fut))
+                if rate == 0:
+                    wait_until(fut.done, 300, "an answer")
+            for q, fut in [p for p in pending if p[1].done()]:
+                pending.remove((q, fut))
+                on_response(q, fut.result())
+        for q, fut in pending:
+            wait_until(fut.done, 300, "the last answers")
+            on_response(q, fut.result())
+        return timing_errors
