@@ -83,7 +83,8 @@ def _hand_scene(width=320, height=240):
 def test_text_helpers_on_a_hand_made_scene():
     sc = _hand_scene()
     assert S.caption_question() == "Describe the image briefly."
-    assert S.caption_answer(sc) == "a red circle, a red triangle and a blue square"  # colour, then shape order
+    # Colour, then shape order.
+    assert S.caption_answer(sc) == "a red circle, a red triangle and a blue square"
     assert S.caption_answer(S.Scene(sc.image, sc.objects[:2], 320, 240)) == "a red circle and a blue square"
     assert S.caption_answer(S.Scene(sc.image, sc.objects[:1], 320, 240)) == "a red circle"
     assert S.count_question() == "How many objects are there?" and S.count_answer(sc) == "3"
@@ -129,8 +130,8 @@ def test_grounding_answer_is_normalised_to_the_padded_square():
 
 def test_trainer_smoke_run_writes_a_loadable_checkpoint(tmp_path):
     torch = pytest.importorskip("torch")
-    from mobilevlm_ros.demo.train import train
     from mobilevlm_ros.model.loader import load_checkpoint
+    from training.train import train
 
     threads = torch.get_num_threads()
     try:
@@ -145,7 +146,7 @@ def test_trainer_smoke_run_writes_a_loadable_checkpoint(tmp_path):
 
 def test_dense_targets_follow_the_boxes():
     pytest.importorskip("torch")
-    from mobilevlm_ros.demo.train import dense_targets, class_of
+    from training.data import class_of, dense_targets
 
     sc = S.sample_scene(5)
     t = dense_targets(sc, 224, 16)
@@ -160,7 +161,7 @@ def test_dense_targets_follow_the_boxes():
 
 def test_pointer_targets_name_the_right_objects():
     pytest.importorskip("torch")
-    from mobilevlm_ros.demo.train import looked_at
+    from training.data import looked_at
 
     sc = _hand_scene()  # red circle (0), blue square (1), red triangle (2)
     red, blue, circle, square, triangle = 10, 11, 20, 21, 22  # stand-in token ids
@@ -172,41 +173,48 @@ def test_pointer_targets_name_the_right_objects():
     q = S.grounding_question("the red triangle")
     assert looked_at(sc, "ground", q, box, [], []) == [(0, 2), (1, 2), (2, 2)]
     assert looked_at(sc, "colour", S.colour_question("square"), [11, 2], [], []) == [(0, 1), (1, 1)]
-    assert looked_at(sc, "yesno", S.yesno_question("green", "square"), [9, 2], [], []) == []  # absent: nothing to see
+    absent = S.yesno_question("green", "square")
+    assert looked_at(sc, "yesno", absent, [9, 2], [], []) == []  # absent: nothing to see
     assert looked_at(sc, "count", S.count_question(), [9, 2], [], []) == []
 
 
 def test_pointer_loss_is_the_real_attention_of_its_head():
     """pointer_loss recomputes one head's attention: it must equal what eager LlamaAttention returns."""
     torch = pytest.importorskip("torch")
-    from mobilevlm_ros.demo import train as T
     from mobilevlm_ros.model.config import MobileVLMConfig
     from mobilevlm_ros.model.reference import MobileVLM
+    from training.data import collate_dense, scene_sample
+    from training.losses import POINTER_HEAD, POINTER_LAYER, pointer_loss
+    from training.model import SMOKE_LLM, SMOKE_VISION, build_config, vision_features
 
     torch.manual_seed(0)
-    vision, llm = T.SMOKE_VISION, dict(T.SMOKE_LLM, num_hidden_layers=2, num_attention_heads=4)
-    model = MobileVLM(MobileVLMConfig.from_dict(T.build_config(vision, llm), vision), attn_implementation="eager").eval()
-    samples = [T.scene_sample(s, vision["image_size"], vision["patch_size"]) for s in (5, 6)]
-    b = T.collate_dense(samples)
+    vision, llm = SMOKE_VISION, dict(SMOKE_LLM, num_hidden_layers=2, num_attention_heads=4)
+    config = MobileVLMConfig.from_dict(build_config(vision, llm), vision)
+    model = MobileVLM(config, attn_implementation="eager").eval()
+    samples = [scene_sample(s, vision["image_size"], vision["patch_size"]) for s in (5, 6)]
+    b = collate_dense(samples)
     n_head, n_img = 7, b["owner"].shape[1]
     with torch.no_grad():
-        _, toks = T.vision_features(model, b["pixels"])
-        embeds = torch.cat([torch.randn(2, n_head, toks.shape[2]) * 0.05, toks, torch.randn(2, 20, toks.shape[2]) * 0.05], 1)
+        _, toks = vision_features(model, b["pixels"])
+        width = toks.shape[2]
+        embeds = torch.cat([torch.randn(2, n_head, width) * 0.05, toks, torch.randn(2, 20, width) * 0.05], 1)
         L = embeds.shape[1]
-        mask = torch.zeros(2, 1, L, L).masked_fill(~torch.tril(torch.ones(L, L, dtype=torch.bool)), float("-inf"))
+        causal = torch.tril(torch.ones(L, L, dtype=torch.bool))
+        mask = torch.zeros(2, 1, L, L).masked_fill(~causal, float("-inf"))
         pos = torch.arange(L).repeat(2, 1)
         out = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                               output_hidden_states=True, output_attentions=True)
         pointer = (torch.tensor([0, 0, 1]), torch.tensor([L - 1, L - 5, L - 2]), torch.tensor([0, 1, 0]))
-        ours = T.pointer_loss(model, out.hidden_states, mask, pos, pointer, b["owner"], n_head)
-        att = out.attentions[T.POINTER_LAYER][:, T.POINTER_HEAD]
+        ours = pointer_loss(model, out.hidden_states, mask, pos, pointer, b["owner"], n_head)
+        att = out.attentions[POINTER_LAYER][:, POINTER_HEAD]
         mass = [att[r, p, n_head:n_head + n_img][b["owner"][r] == o + 1].sum() for r, p, o in zip(*pointer)]
     assert torch.allclose(ours, -torch.stack(mass).log().mean(), atol=1e-5)
 
 
 # --- the committed engine -----------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(ENGINE, "manifest.json")), reason="engines/demo not built")
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ENGINE, "manifest.json")),
+                    reason="engines/demo not built")
 def test_demo_engine_accuracy_floor():
     from mobilevlm_ros.demo.evaluate import evaluate
 
