@@ -10,11 +10,51 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", "42")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class ScriptedDecoder:
+    """Stands in for the decoder engine: its logits make `script[i]` the greedy choice at step i."""
+
+    def __init__(self, script, vocab):
+        self.script, self.vocab, self.calls = list(script), vocab, 0
+
+    def logits(self, i):
+        x = np.zeros(self.vocab, np.float32)
+        x[self.script[min(i, len(self.script) - 1)]] = 5.0
+        return x
+
+    def run(self, embeds):
+        self.calls += 1
+        return self.logits(self.calls)
+
+
+@pytest.fixture(scope="session")
+def scripted():
+    """scripted(tokenizer, token ids, cancel=None, **GenerationParams) -> (Generator, ScriptedDecoder):
+    a Generator whose greedy choices are the given ids, with a known answer for every case."""
+    from mobilevlm_ros.runtime.generation import GenerationParams, Generator
+
+    def make(tok, script, cancel=None, **params):
+        dec = ScriptedDecoder(script, tok.vocab_size)
+        table = np.zeros((tok.vocab_size, 4), np.float32)
+        return Generator(dec, table, tok, dec.logits(0), GenerationParams(**params).validate(), cancel), dec
+
+    return make
+
+
+def shown_texts(generator) -> list:
+    """The text a reader is shown after each step of the decode loop, to the end."""
+    texts = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        texts.append(generator.text)
+    return texts
 
 
 @pytest.fixture(scope="session")

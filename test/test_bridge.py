@@ -21,9 +21,11 @@ from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from mobilevlm_ros.ros import bridge
 from mobilevlm_ros.ros.annotate import BOX_COLORS, draw_answer
 from mobilevlm_ros.ros.bridge import (
-    ACCEPTED_ENCODINGS, MAX_PIXELS, compressed_imgmsg_to_rgb, imgmsg_to_rgb, msg_to_rgb, rgb_to_imgmsg,
+    ACCEPTED_ENCODINGS, MAX_PIXELS, check_compressed_imgmsg, check_imgmsg, compressed_imgmsg_to_rgb, imgmsg_to_rgb,
+    rgb_to_imgmsg,
 )
 from mobilevlm_ros.runtime.errors import ImageError
 from mobilevlm_ros.runtime.types import Box
@@ -325,7 +327,7 @@ def quadrants(size=32):
 def test_jpeg_colour_and_gray_within_tolerance():
     img = quadrants()
     jpg = pil_bytes(img, "JPEG", quality=95, subsampling=0)
-    out = msg_to_rgb(make_compressed(jpg, "rgb8; jpeg compressed bgr8"))
+    out = compressed_imgmsg_to_rgb(make_compressed(jpg, "rgb8; jpeg compressed bgr8"))
     assert out.shape == img.shape
     # Away from the quadrant edges a uniform 8x8 block survives JPEG q95 within a few levels;
     # a swapped channel order would be off by ~180.
@@ -333,7 +335,7 @@ def test_jpeg_colour_and_gray_within_tolerance():
         assert np.abs(out[sl].astype(int) - img[sl].astype(int)).max() <= 6
     gray = np.full((16, 24), 77, np.uint8)
     gray[:, 12:] = 200
-    out = msg_to_rgb(make_compressed(pil_bytes(gray, "JPEG", quality=95), "jpeg"))
+    out = compressed_imgmsg_to_rgb(make_compressed(pil_bytes(gray, "JPEG", quality=95), "jpeg"))
     assert np.abs(out[:, :8].astype(int) - 77).max() <= 4
     assert np.abs(out[:, 16:].astype(int) - 200).max() <= 4
 
@@ -375,10 +377,9 @@ OTHER_FORMATS = {
 
 @pytest.mark.parametrize("kind", sorted(OTHER_FORMATS))
 def test_only_jpeg_and_png_reach_a_decoder(kind, monkeypatch):
-    import mobilevlm_ros.ros.bridge as ic
 
-    decoded, imdecode = [], ic.cv2.imdecode
-    monkeypatch.setattr(ic.cv2, "imdecode", lambda *a: decoded.append(a) or imdecode(*a))
+    decoded, imdecode = [], bridge.cv2.imdecode
+    monkeypatch.setattr(bridge.cv2, "imdecode", lambda *a: decoded.append(a) or imdecode(*a))
     for fmt in (kind, "jpeg", "png"):  # whatever the sender calls it
         text = refusal(make_compressed(OTHER_FORMATS[kind](), fmt), compressed_imgmsg_to_rgb)
         assert "not JPEG or PNG data" in text and "accepted: JPEG, PNG" in text
@@ -387,11 +388,39 @@ def test_only_jpeg_and_png_reach_a_decoder(kind, monkeypatch):
     assert len(decoded) == 1
 
 
-def test_msg_to_rgb_dispatch_and_refusal():
-    np.testing.assert_array_equal(msg_to_rgb(make_image("rgb8", W, H, REF)), REF)
-    np.testing.assert_array_equal(msg_to_rgb(make_compressed(pil_bytes(REF, "PNG"), "png")), REF)
-    with pytest.raises(ImageError, match="expected a sensor_msgs/Image"):
-        msg_to_rgb(object())
+def _with(msg, **fields):
+    for k, v in fields.items():
+        setattr(msg, k, v)
+    return msg
+
+
+def test_checks_refuse_what_conversion_refuses_without_converting(monkeypatch):
+    """The node runs the checks on arrival and converts only frames inference uses: each check must
+    refuse with the converter's own words, and pass a good frame without touching OpenCV."""
+    bad_raw = [
+        make_image("xyz", W, H, REF),
+        _with(make_image("rgb8", W, H, REF), width=0),
+        _with(make_image("rgb8", W, H, REF), step=3 * W - 1),
+        _with(make_image("bgr8", W, H, REF), data=make_image("bgr8", W, H, REF).data[:-1]),
+        make_image("yuyv", 5, H, np.zeros((H, 10), np.uint8)),
+        _with(make_image("rgb8", W, H, REF), width=10000, height=10000, step=30000),
+    ]
+    for msg in bad_raw:
+        assert refusal(msg, check_imgmsg) == refusal(msg, imgmsg_to_rgb)
+    bad_compressed = [make_compressed(b"", "jpeg"), make_compressed(b"not an image at all", "png"),
+                      make_compressed(b"\0" * 40, "16UC1; compressedDepth rvl")]
+    for msg in bad_compressed:
+        assert refusal(msg, check_compressed_imgmsg) == refusal(msg, compressed_imgmsg_to_rgb)
+
+    def no_opencv(*args):
+        raise AssertionError("a check converted pixels")
+
+    monkeypatch.setattr(bridge.cv2, "cvtColor", no_opencv)
+    monkeypatch.setattr(bridge.cv2, "imdecode", no_opencv)
+    check_imgmsg(make_image("bgr8", W, H, REF[..., ::-1]))
+    check_compressed_imgmsg(make_compressed(pil_bytes(REF, "PNG"), "png"))
+    # A JPEG start with garbage after it passes the check: only decoding can tell.
+    check_compressed_imgmsg(make_compressed(b"\xff\xd8\xff\xe0 not a jpeg", "jpeg"))
 
 
 # --- rgb_to_imgmsg ------------------------------------------------------------------------

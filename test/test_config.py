@@ -59,12 +59,14 @@ def test_params_file_loads_into_a_real_node(tmp_path, engines):
 
 
 def test_params_table_checks_refuse_bad_values():
-    assert "backend must be" in P.check("backend", "gpu")
+    assert "backend: must be one of auto" in P.check("backend", "gpu")
     assert "unique" in P.check("cameras", ["a", "a"])
     assert "invalid camera" in P.check("cameras", ["front cam"])
     assert "raw" in P.check("transports", ["h264"])
     assert "best_effort" in P.check("qos_reliability", "sometimes")
     assert "not a directory" in P.check("engine_dir", "/no/such/dir")
+    assert "caption_prompt: the question is empty" == P.check("caption_prompt", "  ")
+    assert P.check("cameras", ["front", "rear/left"]) == P.check("engine_dir", "") == ""
     assert P.camera_transports(["a", "b"], ["compressed"]) == [("a", "compressed"), ("b", "compressed")]
     with pytest.raises(ValueError):
         P.camera_transports(["a", "b", "c"], ["raw", "compressed"])

@@ -312,7 +312,7 @@ def test_fast_camera_drops_frames_without_growing_memory_or_latency(harness):
 def test_parameters_validated_and_live(harness):
     h = harness(caption_rate_hz=20.0).start()
     node = h.node
-    for name, value, why in [("caption_rate_hz", -1.0, ""), ("backend", "gpu", "backend must be"),
+    for name, value, why in [("caption_rate_hz", -1.0, ""), ("backend", "gpu", "backend: must be"), ("temperature", 2.5, ""),
                              ("caption_prompt", " ", "is empty"), ("max_new_tokens", 0, ""),
                              ("engine_dir", "/tmp", "deactivate"), ("cameras", ["a", "a"], "unique")]:
         result = node.set_parameters([Parameter(name, value=value)])[0]
@@ -393,7 +393,7 @@ def test_live_parameters_the_engine_cannot_run_are_refused(harness):
         assert not r.successful and why in r.reason
     assert node.get_parameter("max_new_tokens").value == 8  # nothing changed
     # The largest value that fits the caption prompt is accepted, one more is not.
-    room = 512 - (len(node.vlm.prompt_ids(node.get_parameter("caption_prompt").value, 1)) - 1) - 16
+    room = 512 - node.vlm.encode_prompt(node.get_parameter("caption_prompt").value, 1).text_tokens - 16
     assert node.set_parameters([Parameter("max_new_tokens", value=room)])[0].successful
     assert not node.set_parameters([Parameter("max_new_tokens", value=room + 1)])[0].successful
 

@@ -46,11 +46,12 @@ def test_fp32_engine_matches_reference(name, engines, reference):
         assert ours.shape == ref.shape == (vlm.manifest.model["image_tokens"], vlm.manifest.model["hidden_size"])
         assert np.abs(ours - ref).max() < TOL, "vision embeddings differ from the reference"
 
-        req = vlm.start(rgb, question, GenerationParams(max_new_tokens=NEW_TOKENS, ignore_eos=True))
+        params = GenerationParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+        generator = vlm.generator(rgb, question, params)
         ref_logits = model.first_logits(torch.from_numpy(pixels), ids).numpy()
-        assert np.abs(req.generation.logits - ref_logits).max() < TOL, "first-step logits differ"
+        assert np.abs(generator.logits - ref_logits).max() < TOL, "first-step logits differ"
 
-        answer = req.result()
+        answer = vlm.describe(rgb, question, params)
         ref_tokens = model.generate(torch.from_numpy(pixels), ids, max_new_tokens=NEW_TOKENS, ignore_eos=True)
         assert len(answer.token_ids) == NEW_TOKENS
         assert answer.token_ids == ref_tokens

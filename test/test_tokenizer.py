@@ -1,4 +1,4 @@
-"""The synthetic LLaMA-shaped tokenizer, the runtime wrapper, and streaming decode."""
+"""The synthetic LLaMA-shaped tokenizer, the runtime wrapper, and the text shown while an answer streams."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
+from conftest import shown_texts
+
 from mobilevlm_ros.model.tokenizer_train import default_corpus, train_tokenizer
 from mobilevlm_ros.runtime.errors import EngineError
-from mobilevlm_ros.runtime.tokenizer import StreamDecoder, Tokenizer
+from mobilevlm_ros.runtime.tokenizer import Tokenizer
 
 TEXTS = [
     "A red circle on the table.",
@@ -117,46 +119,52 @@ def test_missing_or_corrupt_file(tmp_path):
         Tokenizer(bad)
 
 
-def _stream(tok, ids):
-    d = StreamDecoder(tok)
-    pieces = [d.push(i) for i in ids]
-    return pieces, d
+def _stream(scripted, tok, ids):
+    """The texts shown after each token while a Generator produces exactly `ids` (no stop strings)."""
+    generator, _ = scripted(tok, ids, max_new_tokens=len(ids), stop=[])
+    return shown_texts(generator), generator
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_stream_pieces_concatenate_to_decode(tok, text):
+def test_stream_texts_grow_to_decode(scripted, tok, text):
     ids = tok.encode(text, add_bos=False)
-    pieces, d = _stream(tok, ids)
-    assert "".join(pieces) + d.flush() == tok.decode(ids) == d.text == text
-    # Nothing is emitted that later turns out wrong: no piece carries a replacement character.
-    assert not any("\ufffd" in p for p in pieces)
+    texts, g = _stream(scripted, tok, ids)
+    assert texts[-1] == g.text == tok.decode(ids) == text
+    # Nothing is shown that later turns out wrong: each text extends the one before, none carries
+    # a replacement character.
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert not any("\ufffd" in t for t in texts)
 
 
-def test_stream_holds_back_split_multibyte_char(tok, sp):
-    # "🤖" is 4 bytes, encoded as 4 byte-fallback tokens: nothing comes out until the last one.
+def test_stream_holds_back_split_multibyte_char(scripted, tok, sp):
+    # "🤖" is 4 bytes, encoded as 4 byte-fallback tokens: nothing more is shown until the last one.
     ids = tok.encode("a🤖b", add_bos=False)
     byte_ids = [i for i in ids if sp.is_byte(i)]
     assert len(byte_ids) == 4
-    pieces, d = _stream(tok, ids)
+    texts, _ = _stream(scripted, tok, ids)
     first_byte = ids.index(byte_ids[0])
-    assert pieces[first_byte:first_byte + 3] == ["", "", ""]
-    assert pieces[first_byte + 3] == "🤖"
-    assert "".join(pieces) == "a🤖b"
+    assert texts[first_byte:first_byte + 3] == ["a"] * 3
+    assert texts[first_byte + 3] == "a🤖"
+    assert texts[-1] == "a🤖b"
 
 
-def test_stream_leading_space_of_first_piece(tok):
+def test_stream_leading_space_of_first_piece(scripted, tok):
     # The answer's first piece "▁The" decodes without its space; later pieces keep theirs.
     ids = tok.encode("The red ball", add_bos=False)
-    pieces, _ = _stream(tok, ids)
-    assert pieces[0].startswith("T") and "".join(pieces) == "The red ball"
-    assert any(p.startswith(" ") for p in pieces[1:])
+    texts, _ = _stream(scripted, tok, ids)
+    assert texts[0].startswith("T") and texts[-1] == "The red ball"
+    assert " " in texts[-1][len(texts[0]):]
 
 
-def test_stream_random_ids(tok):
-    # Any id sequence (specials, stray bytes, placeholders) must still concatenate to decode(all).
+def test_stream_random_ids(scripted, tok):
+    # Any id sequence (specials, stray bytes, placeholders) shows texts that only grow, ending in decode(all).
     rng = random.Random(0)
     for _ in range(300):
         ids = [rng.choice([rng.randrange(tok.vocab_size), rng.randrange(3, 259), rng.randrange(259, 1300)])
                for _ in range(rng.randint(1, 25))]
-        pieces, d = _stream(tok, ids)
-        assert "".join(pieces) + d.flush() == tok.decode(ids)
+        ids = [i for i in ids if i != tok.eos_id]  # EOS would end the answer: not a text question
+        if not ids:
+            continue
+        texts, g = _stream(scripted, tok, ids)
+        assert g.text == tok.decode(ids)
+        assert all(b.startswith(a) for a, b in zip(texts, texts[1:] + [g.text]))

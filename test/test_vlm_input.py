@@ -48,27 +48,17 @@ def test_bad_generation_parameters(vlm):
         vlm.describe(GOOD, "What?", GenerationParams(max_new_tokens=0))
 
 
-class _FinishedGeneration:
-    """Stands in for a Generation that produced `text`."""
-
-    def __init__(self, text):
-        self.text, self.token_ids, self.finish_reason, self.decode_s = text, [5, 6], "eos", 0.01
-
-    def __iter__(self):
-        yield self.text
-
-
-def test_request_maps_answer_boxes_to_source_pixels():
-    """A finished request turns its text into boxes of the SOURCE image (padding undone)."""
-    from mobilevlm_ros.runtime.types import Answer
-    from mobilevlm_ros.runtime.vlm import Request
-
-    gen = _FinishedGeneration("the cup [0.125, 0.25, 0.375, 0.5]")
-    answer = Request(gen, Answer(text="", prompt="Where is the cup?"), (320, 240), "", 0.0).result()
+def test_describe_maps_answer_boxes_to_source_pixels(vlm, scripted, monkeypatch):
+    """The answer's text becomes boxes of the SOURCE image (padding undone), labelled by its phrase."""
+    ids = vlm.tokenizer.encode("the cup [0.125, 0.25, 0.375, 0.5]", add_bos=False)
+    generator, _ = scripted(vlm.tokenizer, ids + [vlm.tokenizer.eos_id], max_new_tokens=64)
+    monkeypatch.setattr(vlm, "generator", lambda *args, **kw: generator)
+    answer = vlm.describe(np.zeros((240, 320, 3), np.uint8), "Where is the cup?")
     # padded square of side 320, image at y offset 40: (40, 80-40, 120, 160-40)
     b = answer.boxes[0]
-    assert [round(v, 3) for v in (b.x1, b.y1, b.x2, b.y2)] == [40, 40, 120, 120]
-    assert b.phrase == "the cup" and answer.finish_reason == "eos" and answer.timings.new_tokens == 2
+    assert [round(v, 3) for v in b.xyxy] == [40, 40, 120, 120]
+    assert b.phrase == "the cup" and answer.finish_reason == "eos"
+    assert answer.timings.new_tokens == len(ids) and answer.image_size == (320, 240)
 
 
 def test_runtime_runs_without_torch_or_ros(engines):

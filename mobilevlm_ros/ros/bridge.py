@@ -1,12 +1,16 @@
-"""ROS image messages -> RGB numpy arrays (H x W x 3 uint8, C-contiguous), and back for `~/annotated`.
+"""The image bridge: ROS image messages -> RGB numpy arrays (H x W x 3 uint8, C-contiguous), and
+back for `~/annotated`. Named after cv_bridge's verbs: imgmsg_to_rgb, compressed_imgmsg_to_rgb,
+rgb_to_imgmsg (RGB -> model pixels is preprocessing: runtime/image.py). check_imgmsg and
+check_compressed_imgmsg run every check without converting, for the node to refuse a bad frame on
+arrival and convert it only if inference uses it.
 
-Our own converter, because PyPI's cv-bridge fails under numpy 2 and rosbags-image returns wrong
+Our own bridge, because PyPI's cv-bridge fails under numpy 2 and rosbags-image returns wrong
 data on padded rows. Messages are duck-typed (rclpy messages, rosbags dataclasses and the like all
 work): `sensor_msgs/Image` needs encoding, height, width, step, is_bigendian, data;
 `sensor_msgs/CompressedImage` needs format, data. `data` may be bytes, array.array('B') (rclpy) or a
 numpy uint8 array (rosbags); it is wrapped with np.frombuffer, not copied.
 
-Decisions, each tested in test/test_image_convert.py:
+Decisions, each tested in test/test_bridge.py:
 - rgb8 without row padding comes back as a view of msg.data (no copy): it may be read-only and it
   shares memory with the message. Every other path returns a new array.
 - mono16: intensity, scaled by `>> 8` (full 16-bit range -> 8 bits, as cv_bridge does). Stable from
@@ -145,8 +149,9 @@ def _depth16_to_8(values: np.ndarray) -> np.ndarray:
     return np.where(valid, scaled, 0).astype(np.uint8)
 
 
-def imgmsg_to_rgb(msg: Any) -> np.ndarray:
-    """A sensor_msgs/Image as H x W x 3 uint8 RGB (C-contiguous). Raises ImageError on bad input."""
+def _raw_view(msg: Any) -> tuple:
+    """(encoding, (channels, bytes per channel), width, height, step, bytes) of a sensor_msgs/Image,
+    checked (encoding known, sizes consistent, data long enough) without converting a pixel."""
     encoding = str(msg.encoding)
     layout = _LAYOUT.get(encoding)
     if layout is None:
@@ -166,7 +171,18 @@ def imgmsg_to_rgb(msg: Any) -> np.ndarray:
     need = step * height
     if buf.size < need:
         raise ImageError(f"{what}: data truncated ({buf.size} bytes, step {step} x height {height} = {need} expected)")
+    return encoding, layout, width, height, step, buf
 
+
+def check_imgmsg(msg: Any) -> None:
+    """ImageError unless imgmsg_to_rgb can convert `msg`: every check, no conversion (cheap enough
+    to run on arrival, so a camera sending the wrong thing is refused at once)."""
+    _raw_view(msg)
+
+
+def imgmsg_to_rgb(msg: Any) -> np.ndarray:
+    """A sensor_msgs/Image as H x W x 3 uint8 RGB (C-contiguous). Raises ImageError on bad input."""
+    encoding, (channels, item), width, height, step, buf = _raw_view(msg)
     if item == 2:
         dtype = np.dtype(">u2" if msg.is_bigendian else "<u2")
         # Strided view of the rows: padding is skipped, nothing is copied.
@@ -212,10 +228,9 @@ def _compressed_size(buf: np.ndarray, kind: str, what: str) -> tuple:
         raise ImageError(f"{what}: corrupt {kind} header ({type(e).__name__})") from None
 
 
-def compressed_imgmsg_to_rgb(msg: Any) -> np.ndarray:
-    """A sensor_msgs/CompressedImage (JPEG, PNG, compressedDepth PNG) as H x W x 3 uint8 RGB.
-
-    Raises ImageError on anything else, before any decoder runs."""
+def _compressed_payload(msg: Any) -> tuple:
+    """(JPEG/PNG bytes, "JPEG" | "PNG", depth?, description) of a sensor_msgs/CompressedImage,
+    told by its first bytes; ImageError for anything else, before any decoder sees it."""
     fmt = str(getattr(msg, "format", "") or "")
     what = f"compressed image (format {fmt!r})"
     buf = _as_bytes_array(msg.data, what)
@@ -231,7 +246,19 @@ def compressed_imgmsg_to_rgb(msg: Any) -> np.ndarray:
         if buf.size <= 12:
             raise ImageError(f"{what}: data truncated ({buf.size} bytes, not even the 12-byte depth header)")
         buf = buf[12:]  # compressed_depth_image_transport's ConfigHeader, then a PNG
-    kind = _sniff(buf, what)
+    return buf, _sniff(buf, what), depth, what
+
+
+def check_compressed_imgmsg(msg: Any) -> None:
+    """ImageError unless `msg` holds JPEG or PNG bytes (its first bytes; nothing is decoded)."""
+    _compressed_payload(msg)
+
+
+def compressed_imgmsg_to_rgb(msg: Any) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (JPEG, PNG, compressedDepth PNG) as H x W x 3 uint8 RGB.
+
+    Raises ImageError on anything else, before any decoder runs."""
+    buf, kind, depth, what = _compressed_payload(msg)
     width, height = _compressed_size(buf, kind, what)
     _check_pixels(int(width), int(height), what)
     try:
@@ -254,15 +281,6 @@ def compressed_imgmsg_to_rgb(msg: Any) -> np.ndarray:
     if img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     raise ImageError(f"{what}: decoded to {img.shape[2]} channels; expected 1, 3 or 4")
-
-
-def msg_to_rgb(msg: Any) -> np.ndarray:
-    """Image or CompressedImage (told apart by their fields) -> H x W x 3 uint8 RGB."""
-    if hasattr(msg, "encoding"):
-        return imgmsg_to_rgb(msg)
-    if hasattr(msg, "format"):
-        return compressed_imgmsg_to_rgb(msg)
-    raise ImageError(f"expected a sensor_msgs/Image or CompressedImage, got {type(msg).__name__}")
 
 
 def rgb_to_imgmsg(rgb: np.ndarray, header: Any = None):

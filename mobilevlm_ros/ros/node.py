@@ -30,11 +30,11 @@ from sensor_msgs.msg import CompressedImage, Image
 from . import params as P
 from ..action import Ask as AskAction
 from .annotate import draw_answer
-from .bridge import compressed_imgmsg_to_rgb, imgmsg_to_rgb, rgb_to_imgmsg
+from .bridge import check_compressed_imgmsg, check_imgmsg, compressed_imgmsg_to_rgb, imgmsg_to_rgb, rgb_to_imgmsg
 from .messages import answer_msg, caption_msg
 from ..msg import Caption
 from ..runtime.errors import ImageError, PromptError, VLMError
-from ..runtime.generation import GenerationParams
+from ..runtime.generation import MAX_TEMPERATURE
 from ..runtime.prompt import check_question
 from ..srv import Ask as AskService
 from .share import share_path
@@ -114,6 +114,10 @@ class VLMNode(LifecycleNode):
     def _p(self, name: str):
         return self.get_parameter(name).value
 
+    def _values(self, pending: Optional[dict] = None) -> dict:
+        """Every parameter's value, with `pending` (a set-parameters call not applied yet) on top."""
+        return {p.name: (pending[p.name] if pending and p.name in pending else self._p(p.name)) for p in P.PARAMS}
+
     def _on_set_parameters(self, changes) -> SetParametersResult:
         for c in changes:
             spec = P.BY_NAME.get(c.name)
@@ -124,8 +128,8 @@ class VLMNode(LifecycleNode):
                 reason = f"{c.name} is read on configure/activate: deactivate and clean up the node first"
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-        values = {c.name: c.value for c in changes}
-        if {"caption_prompt", "max_new_tokens"} & set(values):
+        values = self._values({c.name: c.value for c in changes})
+        if {"caption_prompt", "max_new_tokens"} & {c.name for c in changes}:
             reason = self._engine_refuses(values)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
@@ -133,35 +137,25 @@ class VLMNode(LifecycleNode):
             self._apply_live(values)
         return SetParametersResult(successful=True)
 
-    def _engine_refuses(self, values: Optional[dict] = None) -> str:
+    def _engine_refuses(self, values: dict) -> str:
         """Why the loaded engine cannot run caption_prompt with max_new_tokens ('' if it can, or if
         no engine is loaded yet: configure checks again)."""
         if self.vlm is None:
             return ""
-        get = lambda n: (values or {}).get(n, self._p(n))  # noqa: E731
-        prompt, max_new_tokens = get("caption_prompt"), int(get("max_new_tokens"))
+        prompt, max_new_tokens = values["caption_prompt"], int(values["max_new_tokens"])
         try:
-            self.vlm.prompt_ids(prompt, max_new_tokens)
+            self.vlm.encode_prompt(prompt, max_new_tokens)
         except PromptError as e:
             return (f"max_new_tokens {max_new_tokens} with caption_prompt {prompt!r} does not fit the engine "
                     f"(context {self.vlm.decoder.max_length} positions): {e}")
         return ""
 
     def _apply_live(self, values: dict) -> None:
-        get = lambda n: values[n] if n in values else self._p(n)  # noqa: E731
         w = self.worker
-        w.caption_rate_hz = float(get("caption_rate_hz"))
-        w.caption_prompt = get("caption_prompt")
-        w.max_queue = int(get("max_queue"))
-        w.caption_params = self._generation_params(0, -1.0, values)
-
-    def _generation_params(self, max_new_tokens: int, temperature: float, values: Optional[dict] = None) -> GenerationParams:
-        if math.isnan(temperature):  # NaN < 0 is false too: it must not pass for "the default"
-            raise ValueError("temperature is NaN; give 0..2, or < 0 for the node's temperature parameter")
-        get = lambda n: (values or {}).get(n, self._p(n))  # noqa: E731
-        return GenerationParams(max_new_tokens=int(max_new_tokens or get("max_new_tokens")),
-                                temperature=float(temperature if temperature >= 0 else get("temperature")),
-                                top_p=float(get("top_p"))).validate()
+        w.caption_rate_hz = float(values["caption_rate_hz"])
+        w.caption_prompt = values["caption_prompt"]
+        w.max_queue = int(values["max_queue"])
+        w.caption_params = P.generation_params(values)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -175,15 +169,16 @@ class VLMNode(LifecycleNode):
             reason = str(e) if isinstance(e, VLMError) else f"{engine}: {type(e).__name__}: {e}"
             self.get_logger().error(f"cannot load the engine: {reason}")
             return TransitionCallbackReturn.FAILURE
-        refused = self._engine_refuses()
+        refused = self._engine_refuses(self._values())
         if refused:
             self.vlm = None
             self.get_logger().error(f"cannot use the engine {engine}: {refused}")
             return TransitionCallbackReturn.FAILURE
         self.model_id = self.vlm.model_id
         self.worker = Worker(self.vlm, self._publish_caption, self._publish_annotated_answer,
-                             log_error=lambda m: self.get_logger().error(m))
-        self._apply_live({})
+                             log_error=lambda m: self.get_logger().error(m),
+                             log_refused=lambda m: self.get_logger().warning(m, throttle_duration_sec=5.0))
+        self._apply_live(self._values())
         self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
         self.annotated_pub = self.create_publisher(Image, "~/annotated", 2)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -211,12 +206,12 @@ class VLMNode(LifecycleNode):
         for camera, transport in pairs:
             self.worker.add_camera(camera)
             if transport == "compressed":
-                sub = self.create_subscription(CompressedImage, f"{camera}/image_raw/compressed",
-                                               lambda m, c=camera: self._on_frame(c, m, compressed_imgmsg_to_rgb), qos)
+                msg_type, topic, check, to_rgb = (CompressedImage, f"{camera}/image_raw/compressed",
+                                                  check_compressed_imgmsg, compressed_imgmsg_to_rgb)
             else:
-                sub = self.create_subscription(Image, f"{camera}/image_raw",
-                                               lambda m, c=camera: self._on_frame(c, m, imgmsg_to_rgb), qos)
-            self._subs.append(sub)
+                msg_type, topic, check, to_rgb = Image, f"{camera}/image_raw", check_imgmsg, imgmsg_to_rgb
+            self._subs.append(self.create_subscription(
+                msg_type, topic, lambda m, c=camera, k=check, f=to_rgb: self._on_frame(c, m, k, f), qos))
         self.worker.start()
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
         self._state = "active"
@@ -260,14 +255,15 @@ class VLMNode(LifecycleNode):
         self.vlm = None
 
     # -- frames and captions ----------------------------------------------------------------------
-    def _on_frame(self, camera: str, msg, convert) -> None:
+    def _on_frame(self, camera: str, msg, check, to_rgb) -> None:
+        # Checked now (cheap: sizes, encoding, magic bytes), converted only if inference uses it.
         try:
-            rgb = convert(msg)
+            check(msg)
         except ImageError as e:
             self.worker.refuse_frame(camera)
             self.get_logger().warning(f"camera '{camera}': frame refused: {e}", throttle_duration_sec=5.0)
             return
-        self.worker.put_frame(camera, Frame(rgb, msg.header, time.monotonic()))
+        self.worker.put_frame(camera, Frame(msg, to_rgb, time.monotonic()))
 
     def _publish_caption(self, camera: str, frame: Frame, answer) -> None:
         if self._state != "active":
@@ -296,9 +292,11 @@ class VLMNode(LifecycleNode):
         question = check_question(request.question)
         now = time.monotonic()
         if len(image.data):
-            frame, camera = Frame(imgmsg_to_rgb(image), image.header, now), ""
+            check_imgmsg(image)
+            frame, camera = Frame(image, imgmsg_to_rgb, now), ""
         elif len(compressed.data):
-            frame, camera = Frame(compressed_imgmsg_to_rgb(compressed), compressed.header, now), ""
+            check_compressed_imgmsg(compressed)
+            frame, camera = Frame(compressed, compressed_imgmsg_to_rgb, now), ""
         else:
             cameras = self._p("cameras")
             camera = request.camera or cameras[0]
@@ -307,7 +305,11 @@ class VLMNode(LifecycleNode):
             frame = self.worker.latest(camera)
             if frame is None:
                 raise VLMError(f"no frame from camera '{camera}' yet")
-        params = self._generation_params(request.max_new_tokens, request.temperature)
+        if math.isnan(request.temperature):  # NaN < 0 is false too: it must not pass for "the default"
+            raise ValueError(f"temperature is NaN; give 0..{MAX_TEMPERATURE:g}, or < 0 for the node's temperature")
+        # Ask's conventions: max_new_tokens 0 and temperature < 0 mean "the node's parameter".
+        params = P.generation_params(self._values(), max_new_tokens=request.max_new_tokens or None,
+                                     temperature=request.temperature if request.temperature >= 0 else None)
         return Job(frame=frame, camera=camera, question=question, params=params)
 
     def _busy(self) -> str:
@@ -383,17 +385,18 @@ class VLMNode(LifecycleNode):
         w = self.worker
         if w is None or self.diag_pub is None:
             return
+        snap = w.snapshot()
         values = {"engine": self.vlm.manifest.dir, "model": self.model_id, "backend": self.vlm.backend,
-                  "precision": self.vlm.manifest.precision, "questions_answered": w.answers,
-                  "questions_refused_busy": w.busy_refusals, "questions_waiting": w.queue_length()}
+                  "precision": self.vlm.manifest.precision, "questions_answered": snap.answers,
+                  "questions_refused_busy": snap.busy_refusals, "questions_waiting": snap.waiting}
         stale = []
-        for cam, st in w.snapshot():
+        for cam, st in snap.cameras.items():
             values.update({f"{cam}.frames_received": st.received, f"{cam}.frames_dropped": st.dropped,
                            f"{cam}.frames_refused": st.refused, f"{cam}.captions": st.captions})
             if st.received == 0:
                 stale.append(cam)
-        if w.last is not None:
-            t = w.last.timings
+        t = snap.last_timings
+        if t is not None:
             values.update({"last_latency_s": f"{t.total_s:.3f}", "last_decode_tokens_per_s": f"{t.decode_tokens_per_s:.1f}",
                            "last_vision_s": f"{t.vision_s:.3f}", "last_prefill_s": f"{t.prefill_s:.3f}"})
         level, message = DiagnosticStatus.OK, "running"

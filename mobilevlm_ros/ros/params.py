@@ -9,38 +9,83 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..runtime.errors import PromptError
-from ..runtime.generation import MAX_NEW_TOKENS_LIMIT
+from ..runtime.generation import MAX_NEW_TOKENS_LIMIT, MAX_TEMPERATURE, GenerationParams
 from ..runtime.prompt import DEFAULT_CAPTION_QUESTION, check_question
 from ..runtime.sessions import BACKENDS
 
 
+def _one_of(*allowed: str) -> Callable[[Any], str]:
+    return lambda v: "" if v in allowed else f"must be one of {', '.join(allowed)}"
+
+
+def _directory_or_empty(v: Any) -> str:
+    return "" if not v or os.path.isdir(v) else f"{v!r} is not a directory"
+
+
+# A camera name becomes part of topic names: N/image_raw.
+CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
+TRANSPORTS = ("raw", "compressed")
+RELIABILITIES = ("best_effort", "reliable")
+
+
+def _camera_names(v: Any) -> str:
+    if not v:
+        return "must name at least one camera"
+    if len(set(v)) != len(v):
+        return "camera names must be unique"
+    bad = [c for c in v if not CAMERA_NAME.match(c)]
+    return f"invalid camera name(s) {bad}: letters, digits, '_' and '/' only, starting with a letter" if bad else ""
+
+
+def _transports(v: Any) -> str:
+    return "" if v and all(t in TRANSPORTS for t in v) else f"each must be {' or '.join(TRANSPORTS)}"
+
+
+def _question(v: Any) -> str:
+    try:
+        check_question(v)
+    except PromptError as e:
+        return str(e)
+    return ""
+
+
 @dataclass(frozen=True)
 class Param:
+    """One parameter: `range` is enforced by rclpy (descriptor), `check` by the node ('' = valid)."""
+
     name: str
     default: Any
     description: str
     range: Optional[Tuple[float, float]] = None
     live: bool = False
+    check: Optional[Callable[[Any], str]] = None
 
 
 PARAMS = (
-    Param("engine_dir", "", "engine directory (manifest.json + ONNX graphs); empty: the packaged demo engine"),
-    Param("backend", "auto", f"execution provider: {', '.join(BACKENDS)} (auto follows the engine's target)"),
+    Param("engine_dir", "", "engine directory (manifest.json + ONNX graphs); empty: the packaged demo engine",
+          check=_directory_or_empty),
+    Param("backend", "auto", f"execution provider: {', '.join(BACKENDS)} (auto follows the engine's target)",
+          check=_one_of(*BACKENDS)),
     Param("threads", 0, "onnxruntime intra-op threads; 0: every core this process may use", (0, 256)),
     Param("max_context", 1024, "KV-cache positions to reserve (prompt + image + answer)", (256, 8192)),
     Param("cameras", ["camera"], "camera names; camera N subscribes to N/image_raw (raw) or "
-                                 "N/image_raw/compressed (compressed); remap those topics in the launch file"),
-    Param("transports", ["raw"], "per camera: raw or compressed (one value applies to every camera)"),
-    Param("qos_reliability", "best_effort", "camera subscriptions: best_effort (sensor data) or reliable"),
+                                 "N/image_raw/compressed (compressed); remap those topics in the launch file",
+          check=_camera_names),
+    Param("transports", ["raw"], "per camera: raw or compressed (one value applies to every camera)",
+          check=_transports),
+    Param("qos_reliability", "best_effort", "camera subscriptions: best_effort (sensor data) or reliable",
+          check=_one_of(*RELIABILITIES)),
     Param("qos_depth", 1, "camera subscription queue depth (the node keeps only the newest frame anyway)", (1, 100)),
     Param("caption_rate_hz", 0.5, "captions per second and camera; 0: no periodic captions", (0.0, 30.0), True),
-    Param("caption_prompt", DEFAULT_CAPTION_QUESTION, "the question a caption answers", None, True),
+    Param("caption_prompt", DEFAULT_CAPTION_QUESTION, "the question a caption answers", None, True,
+          check=_question),
     Param("max_new_tokens", 64, "answer length limit in tokens (a request may ask for less or more); with "
                                 "caption_prompt it must fit the engine's context", (1, MAX_NEW_TOKENS_LIMIT), True),
-    Param("temperature", 0.0, "sampling temperature; 0: greedy, as the model was evaluated", (0.0, 2.0), True),
+    Param("temperature", 0.0, "sampling temperature; 0: greedy, as the model was evaluated",
+          (0.0, MAX_TEMPERATURE), True),
     Param("top_p", 1.0, "nucleus sampling mass (with temperature > 0)", (0.01, 1.0), True),
     Param("max_queue", 2, "questions that may wait while one is answered; more are refused as busy", (0, 8), True),
     Param("diagnostics_period_s", 1.0, "how often /diagnostics is published", (0.1, 60.0)),
@@ -48,34 +93,22 @@ PARAMS = (
 )
 BY_NAME = {p.name: p for p in PARAMS}
 
-# A camera name becomes part of topic names: N/image_raw.
-CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
-
 
 def check(name: str, value: Any) -> str:
     """'' if `value` is acceptable for parameter `name`, else the reason (ranges are checked by rclpy)."""
-    if name == "backend" and value not in BACKENDS:
-        return f"backend must be one of {', '.join(BACKENDS)}"
-    if name == "engine_dir" and value and not os.path.isdir(value):
-        return f"engine_dir {value!r} is not a directory"
-    if name == "cameras":
-        if not value:
-            return "cameras must name at least one camera"
-        if len(set(value)) != len(value):
-            return "camera names must be unique"
-        bad = [c for c in value if not CAMERA_NAME.match(c)]
-        if bad:
-            return f"invalid camera name(s) {bad}: letters, digits, '_' and '/' only, starting with a letter"
-    if name == "transports" and (not value or any(t not in ("raw", "compressed") for t in value)):
-        return "transports must be 'raw' or 'compressed'"
-    if name == "qos_reliability" and value not in ("best_effort", "reliable"):
-        return "qos_reliability must be best_effort or reliable"
-    if name == "caption_prompt":
-        try:
-            check_question(value)
-        except PromptError as e:
-            return f"caption_prompt: {e}"
-    return ""
+    spec = BY_NAME[name]
+    reason = spec.check(value) if spec.check is not None else ""
+    return f"{name}: {reason}" if reason else ""
+
+
+def generation_params(values: Dict[str, Any], max_new_tokens: Optional[int] = None,
+                      temperature: Optional[float] = None) -> GenerationParams:
+    """GenerationParams from the parameter `values`; a request's own max_new_tokens / temperature
+    replace the parameters' where given. ValueError names what is out of range."""
+    return GenerationParams(
+        max_new_tokens=int(values["max_new_tokens"] if max_new_tokens is None else max_new_tokens),
+        temperature=float(values["temperature"] if temperature is None else temperature),
+        top_p=float(values["top_p"])).validate()
 
 
 def camera_transports(cameras, transports) -> list:

@@ -1,7 +1,8 @@
 """The inference worker: one thread owns the VLM; the ROS callbacks only hand it work.
 
 - Latest-frame semantics: each camera keeps one frame; a frame replaced before inference used
-  it is dropped and counted. Nothing queues frames.
+  it is dropped and counted. Nothing queues frames. A frame is converted to RGB when inference
+  first uses it, on this thread: a dropped frame is never decoded.
 - Questions (service and action) wait in a bounded queue; one past its size is refused as busy.
 - Captions: each camera is captioned at most every 1/rate seconds, on its newest frame, when no
   question is waiting (questions come first: a person is waiting for them).
@@ -14,20 +15,34 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 import numpy as np
 
-from ..runtime.errors import VLMError
+from ..runtime.errors import ImageError, VLMError
 from ..runtime.generation import GenerationParams
-from ..runtime.types import Answer
+from ..runtime.types import Answer, Timings
 
 
 @dataclass
 class Frame:
-    rgb: np.ndarray
-    header: object  # the source message's header (std_msgs/Header), passed through untouched
+    """A frame as it arrived, and the bridge function that turns it into RGB when first needed."""
+
+    msg: Any  # sensor_msgs/Image or CompressedImage; its header is passed through untouched
+    to_rgb: Callable[[Any], np.ndarray]  # bridge.imgmsg_to_rgb or bridge.compressed_imgmsg_to_rgb
     received: float  # time.monotonic() at arrival
+    _rgb: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @property
+    def header(self):
+        return self.msg.header
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """H x W x 3 uint8 RGB, converted once (ImageError when the message cannot be)."""
+        if self._rgb is None:
+            self._rgb = self.to_rgb(self.msg)
+        return self._rgb
 
 
 @dataclass
@@ -51,18 +66,31 @@ class Job:
 class CameraStats:
     received: int = 0
     dropped: int = 0  # replaced before inference used them
-    refused: int = 0  # could not be converted
+    refused: int = 0  # could not be converted (on arrival by the node's check, or when used)
     captions: int = 0
     last_caption_at: float = 0.0
 
 
+@dataclass
+class Snapshot:
+    """The worker's counters at one moment, copied under its lock (for /diagnostics)."""
+
+    cameras: Dict[str, CameraStats]
+    answers: int
+    busy_refusals: int
+    waiting: int
+    last_timings: Optional[Timings]
+
+
 class Worker:
     def __init__(self, vlm, on_caption: Callable[[str, Frame, Answer], None],
-                 on_answer: Optional[Callable[[Job], None]] = None, log_error: Callable[[str], None] = print):
+                 on_answer: Optional[Callable[[Job], None]] = None, log_error: Callable[[str], None] = print,
+                 log_refused: Callable[[str], None] = print):
         self.vlm = vlm
         self.on_caption = on_caption
         self.on_answer = on_answer
         self.log_error = log_error
+        self.log_refused = log_refused  # a camera frame that cannot be converted (the node throttles it)
         self.caption_rate_hz = 0.0
         self.caption_prompt: Optional[str] = None
         self.caption_params = GenerationParams()
@@ -74,9 +102,9 @@ class Worker:
         self._cv = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._running = False
-        self.busy_refusals = 0
-        self.answers = 0
-        self.last: Optional[Answer] = None
+        self._busy_refusals = 0
+        self._answers = 0
+        self._last_timings: Optional[Timings] = None
         self.current: Optional[Job] = None
 
     # -- called from ROS callbacks ---------------------------------------------------------------
@@ -109,7 +137,7 @@ class Worker:
         with self._cv:
             waiting = len(self._asks) + (self.current is not None)  # the one being answered waits for none
             if waiting > self.max_queue:
-                self.busy_refusals += 1
+                self._busy_refusals += 1
                 return False
             job.queued_s = time.monotonic()
             self._asks.append(job)
@@ -174,34 +202,46 @@ class Worker:
                 self._answer(work[1])
             else:
                 self._caption(work[1], work[2])
+            work = None  # a finished question's frame (a request image: megabytes) is not kept while idle
 
     def _caption(self, camera: str, frame: Frame) -> None:
         try:
-            answer = self.vlm.describe(frame.rgb, self.caption_prompt, self.caption_params)
-        except Exception as e:  # a bad frame or an engine failure: log, keep captioning the next frames
+            rgb = frame.rgb
+        except ImageError as e:
+            with self._cv:
+                self.stats[camera].refused += 1
+            self.log_refused(f"camera '{camera}': frame refused: {e}")
+            return
+        try:
+            answer = self.vlm.describe(rgb, self.caption_prompt, self.caption_params)
+        except Exception as e:  # an engine failure: log, keep captioning the next frames
             self.log_error(f"caption of camera '{camera}' failed: {e}")
             return
         answer.timings.queue_s = time.monotonic() - frame.received - answer.timings.total_s
-        self.stats[camera].captions += 1
-        self.last = answer
+        with self._cv:
+            self.stats[camera].captions += 1
+            self._last_timings = answer.timings
         self.on_caption(camera, frame, answer)
 
     def _answer(self, job: Job) -> None:
+        shown = ""
+
+        def on_text(text: str, tokens: int) -> None:
+            nonlocal shown
+            if text != shown:  # a token may add no text yet (held back): no empty feedback
+                shown = text
+                job.on_text(text, tokens)
+
         try:
             if job.cancel.is_set():  # cancelled while it waited
                 raise VLMError("cancelled before it started")
             queue_s = time.monotonic() - job.queued_s
-            request = self.vlm.start(job.frame.rgb, job.question, job.params, cancel=job.cancel)
-            text, tokens = "", 0
-            for piece in request:
-                text += piece
-                tokens = len(request.generation.token_ids)
-                if job.on_text is not None:
-                    job.on_text(text, tokens)
-            job.answer = request.answer
+            job.answer = self.vlm.describe(job.frame.rgb, job.question, job.params, cancel=job.cancel,
+                                           on_text=on_text if job.on_text is not None else None)
             job.answer.timings.queue_s = queue_s
-            self.answers += 1
-            self.last = job.answer
+            with self._cv:
+                self._answers += 1
+                self._last_timings = job.answer.timings
         except (VLMError, ValueError) as e:
             job.error = str(e)
         except Exception as e:  # an engine failure must not kill the worker thread
@@ -214,6 +254,8 @@ class Worker:
         if self.on_answer is not None and job.answer is not None:
             self.on_answer(job)
 
-    def snapshot(self) -> List[tuple]:
+    def snapshot(self) -> Snapshot:
         with self._cv:
-            return [(name, CameraStats(**vars(st))) for name, st in self.stats.items()]
+            return Snapshot(cameras={name: CameraStats(**vars(st)) for name, st in self.stats.items()},
+                            answers=self._answers, busy_refusals=self._busy_refusals, waiting=len(self._asks),
+                            last_timings=self._last_timings)

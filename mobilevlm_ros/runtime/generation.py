@@ -1,10 +1,13 @@
-"""The generation loop as an object: iterate it for text pieces; it stops on EOS, a stop string,
-max tokens, or a cancel between tokens.
+"""Generation as an object advanced one token at a time (the shape of onnxruntime-genai's
+`og.Generator` and llama2.c's `generate`); `VLM.describe` runs the one loop over it:
 
-    gen = Generation(decoder, table, tokenizer, first_logits, GenerationParams(max_new_tokens=64))
-    for piece in gen:
-        print(piece, end="")
-    gen.finish_reason, gen.token_ids, gen.text
+    generator = Generator(decoder, table, tokenizer, prefill_logits, GenerationParams(max_new_tokens=64))
+    while not generator.is_done():
+        generator.generate_next_token()
+        show(generator.text)        # the answer so far, safe to show
+    generator.finish_reason, generator.token_ids, generator.text
+
+It stops on EOS, a stop string, max_new_tokens, or a cancel between tokens.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from .engines import DecoderEngine
-from .tokenizer import StreamDecoder, Tokenizer
+from .tokenizer import Tokenizer
+from .types import Timings
 
 # The reference strips "</s>" when it shows up as text.
 DEFAULT_STOP = ("</s>",)
 MAX_NEW_TOKENS_LIMIT = 2048
+# Beyond 2 the distribution is so flat that answers are noise; the node parameter has the same limit.
+MAX_TEMPERATURE = 2.0
 
 
 @dataclass
@@ -36,8 +42,8 @@ class GenerationParams:
     def validate(self) -> "GenerationParams":
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise ValueError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}")
-        if not 0.0 <= self.temperature <= 10.0:
-            raise ValueError(f"temperature must be in 0..10, got {self.temperature}")
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails this too
+            raise ValueError(f"temperature must be in 0..{MAX_TEMPERATURE:g}, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         return self
@@ -77,66 +83,71 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
     return n
 
 
-class Generation:
-    """Iterates text pieces; after the loop `finish_reason` is "eos", "stop", "length" or "cancelled"."""
+class Generator:
+    """One answer being generated from the decoder's state after prefill.
 
-    def __init__(self, decoder: DecoderEngine, table: np.ndarray, tokenizer: Tokenizer, first_logits: np.ndarray,
-                 params: GenerationParams, cancel: Optional[threading.Event] = None):
+    `finish_reason` is "" while it runs, then "eos", "stop", "length" or "cancelled".
+    `timings` (decode_s, new_tokens) is updated as it goes.
+    """
+
+    def __init__(self, decoder: DecoderEngine, table: np.ndarray, tokenizer: Tokenizer, prefill_logits: np.ndarray,
+                 params: GenerationParams, cancel: Optional[threading.Event] = None,
+                 timings: Optional[Timings] = None):
         self.decoder = decoder
         self.table = table
         self.tokenizer = tokenizer
-        self.logits = first_logits
+        self.logits = prefill_logits  # scores of the next token
         self.params = params
         self.cancel = cancel
+        self.timings = timings if timings is not None else Timings()
         self.sample = Sampler(params)
-        self.stream = StreamDecoder(tokenizer)
+        self.stops = [s for s in params.stop if s]
         self.token_ids: List[int] = []
-        self.text = ""
         self.finish_reason = ""
-        self.decode_s = 0.0
-        self._loop: Optional[Iterator[str]] = None
+        self._decoded = ""  # the text of token_ids, cut at a stop string
 
-    def __iter__(self) -> Iterator[str]:
-        # One loop per Generation: iterating again continues it, never restarts it.
-        if self._loop is None:
-            self._loop = self._run()
-        return self._loop
+    def is_done(self) -> bool:
+        return self.finish_reason != ""
 
-    def _run(self) -> Iterator[str]:
-        p, stops, eos = self.params, [s for s in self.params.stop if s], self.tokenizer.eos_id
-        emitted = 0
-        for i in range(p.max_new_tokens):
-            if self.cancel is not None and self.cancel.is_set():
-                self.finish_reason = "cancelled"
-                break
-            if p.ignore_eos:  # as transformers' min_new_tokens and llama.cpp's ignore_eos: EOS cannot win
-                self.logits[eos] = -np.inf
-            token = self.sample(self.logits)
-            if token == eos and not p.ignore_eos:
-                self.finish_reason = "eos"
-                break
-            self.token_ids.append(token)
-            self.stream.push(token)
-            full = self.stream.text
-            cut = min((j for j in (full.find(s) for s in stops) if j >= 0), default=-1)
-            if cut >= 0:
-                self.text = full[:cut]
-                if cut > emitted:
-                    yield full[emitted:cut]
-                self.finish_reason = "stop"
-                return
-            # Hold back what may still become a stop string or is half a UTF-8 character.
-            safe = min(len(full) - _held_back(full, stops), len(full.rstrip("\ufffd")))
-            if safe > emitted:
-                yield full[emitted:safe]
-                emitted = safe
-            self.text = full
-            if i + 1 < p.max_new_tokens:
-                t0 = time.perf_counter()
-                self.logits = self.decoder.run(self.table[token][None])
-                self.decode_s += time.perf_counter() - t0
-        else:
-            self.finish_reason = "length"
-        self.text = self.stream.text
-        if len(self.text) > emitted:
-            yield self.text[emitted:]
+    def generate_next_token(self) -> None:
+        """Choose the next token from the current logits; unless that ends the answer, run the
+        decoder on it for the logits after it."""
+        if self.is_done():
+            return
+        p, eos = self.params, self.tokenizer.eos_id
+        if self.cancel is not None and self.cancel.is_set():
+            self.finish_reason = "cancelled"
+            return
+        if p.ignore_eos:  # as transformers' min_new_tokens and llama.cpp's ignore_eos: EOS cannot win
+            self.logits[eos] = -np.inf
+        token = self.sample(self.logits)
+        if token == eos and not p.ignore_eos:
+            self.finish_reason = "eos"
+            return
+        self.token_ids.append(token)
+        self.timings.new_tokens = len(self.token_ids)
+        # All ids decoded each time, not piece by piece: a piece's text depends on its neighbours
+        # (the first loses its leading space, byte pieces form a character only together). O(n) per
+        # token, and answers are a few hundred tokens.
+        text = self.tokenizer.decode(self.token_ids)
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self._decoded = text[:cut]
+            self.finish_reason = "stop"
+            return
+        self._decoded = text
+        if len(self.token_ids) == p.max_new_tokens:
+            self.finish_reason = "length"  # no decoder step for logits nobody reads
+            return
+        t0 = time.perf_counter()
+        self.logits = self.decoder.run(self.table[token][None])
+        self.timings.decode_s += time.perf_counter() - t0
+
+    @property
+    def text(self) -> str:
+        """The answer so far, safe to show: while generating, a tail that may still become a stop
+        string or is half a UTF-8 character (U+FFFD) is held back; once done, all of it."""
+        text = self._decoded
+        if self.is_done():
+            return text
+        return text[:min(len(text) - _held_back(text, self.stops), len(text.rstrip("\ufffd")))]

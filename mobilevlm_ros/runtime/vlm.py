@@ -15,48 +15,34 @@ import hashlib
 import os
 import threading
 import time
-from typing import Iterator, List, Optional
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
 from . import manifest as mf
 from .engines import DecoderEngine, VisionEngine
 from .errors import EngineError, VLMError
-from .generation import Generation, GenerationParams
+from .generation import GenerationParams, Generator
 from .grounding import find_boxes, grounding_phrase, grounding_prompt
 from .image import CLIP_MEAN, CLIP_STD, preprocess
-from .prompt import (DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, check_prompt_length, check_question,
-                     tokenize_prompt)
+from .prompt import DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, check_prompt_length, tokenize_prompt
 from .sessions import choose_providers, provider_names
 from .tokenizer import Tokenizer
 from .types import Answer, Timings
 
 
-class Request:
-    """One answer in progress: iterate for text pieces; `answer` is complete after the loop."""
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A question as token ids, split where the image embeddings go."""
 
-    def __init__(self, generation: Generation, answer: Answer, size, default_phrase: str, t_start: float):
-        self.generation = generation
-        self.answer = answer
-        self._size = size
-        self._phrase = default_phrase
-        self._t_start = t_start
+    question: str
+    head: Tuple[int, ...]  # before the image: the system text, the same for every question
+    tail: Tuple[int, ...]  # after it: the question and the assistant's turn
 
-    def __iter__(self) -> Iterator[str]:
-        yield from self.generation
-        g, a = self.generation, self.answer
-        a.text = g.text.strip()
-        a.token_ids = g.token_ids
-        a.finish_reason = g.finish_reason
-        a.boxes = find_boxes(a.text, self._size[0], self._size[1], default_phrase=self._phrase)
-        a.timings.decode_s = g.decode_s
-        a.timings.new_tokens = len(g.token_ids)
-        a.timings.total_s = time.perf_counter() - self._t_start
-
-    def result(self) -> Answer:
-        for _ in self:
-            pass
-        return self.answer
+    @property
+    def text_tokens(self) -> int:
+        return len(self.head) + len(self.tail)
 
 
 class VLM:
@@ -105,26 +91,28 @@ class VLM:
         # A digest of the pixels: cheap next to the vision engine, and never confuses two frames.
         return hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest() + str(rgb.shape)
 
-    def start(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
-              cancel: Optional[threading.Event] = None, default_phrase: str = "") -> Request:
-        """Run vision and prefill for `question` (None: a caption) about `rgb` (H x W x 3 uint8 RGB).
-
-        Returns the Request to iterate. Bad input raises ImageError / PromptError / ValueError.
-        """
-        t_start = time.perf_counter()
-        params = (params or GenerationParams()).validate()
-        question = DEFAULT_CAPTION_QUESTION if question is None else check_question(question)
-        ids = self.prompt_ids(question, params.max_new_tokens)
+    def encode_prompt(self, question: Optional[str], max_new_tokens: int) -> EncodedPrompt:
+        """`question` (None: the caption question) in the engine's chat template, as token ids.
+        PromptError when the question is not acceptable or prompt + image + `max_new_tokens`
+        exceed the context."""
+        question = DEFAULT_CAPTION_QUESTION if question is None else question
+        prompt = build_prompt(question, self.manifest.model["template"])  # checks the question
+        ids = tokenize_prompt(self.tokenizer, prompt)
+        check_prompt_length(len(ids) - 1, self.manifest.model["image_tokens"], max_new_tokens, self.decoder.max_length)
         cut = ids.index(IMAGE_TOKEN_INDEX)
-        head, tail = tuple(ids[:cut]), ids[cut + 1:]
-        n_image = self.manifest.model["image_tokens"]
-        timings = Timings(prompt_tokens=len(ids) - 1 + n_image)
+        return EncodedPrompt(question.strip(), tuple(ids[:cut]), tuple(ids[cut + 1:]))
 
-        # The decoder's cache holds [head | image] from the last request: the head (system text) is
-        # the same for every question, the image part for every question about the same frame.
+    def prefill(self, rgb: np.ndarray, prompt: EncodedPrompt, timings: Timings) -> np.ndarray:
+        """Run vision and the decoder over [head | image | tail]; the logits of the first new token.
+
+        The decoder's cache keeps [head | image] of the last request: the head is the same for every
+        question, the image part for every question about the same frame (one entry: nothing grows).
+        """
+        n_image = self.manifest.model["image_tokens"]
+        timings.prompt_tokens = prompt.text_tokens + n_image
         key = self._image_key(rgb)
         image_embeds = None
-        if key != self._cached_image or head != self._cached_head:
+        if key != self._cached_image or prompt.head != self._cached_head:
             t0 = time.perf_counter()
             pixels = preprocess(rgb, self.image_size, self.mean, self.std)
             timings.preprocess_s = time.perf_counter() - t0
@@ -132,49 +120,66 @@ class VLM:
             image_embeds = self.vision(pixels)
             timings.vision_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if head != self._cached_head:
+        if prompt.head != self._cached_head:
             self._cached_head = self._cached_image = None  # invalid until the runs below succeed
             self.decoder.rewind(0)
-            self.decoder.run(self._embed_ids(head))
-            self._cached_head = head
-            timings.prefill_tokens += len(head)
+            self.decoder.run(self._embed_ids(prompt.head))
+            self._cached_head = prompt.head
+            timings.prefill_tokens += len(prompt.head)
         if image_embeds is not None:  # image and question in one run: one pass over the weights
             self._cached_image = None
-            self.decoder.rewind(len(head))
-            logits = self.decoder.run(np.concatenate([image_embeds, self._embed_ids(tail)]))
+            self.decoder.rewind(len(prompt.head))
+            logits = self.decoder.run(np.concatenate([image_embeds, self._embed_ids(prompt.tail)]))
             self._cached_image = key
-            timings.prefill_tokens += n_image + len(tail)
+            timings.prefill_tokens += n_image + len(prompt.tail)
         else:
-            self.decoder.rewind(len(head) + n_image)
-            logits = self.decoder.run(self._embed_ids(tail))
-            timings.prefill_tokens += len(tail)
+            self.decoder.rewind(len(prompt.head) + n_image)
+            logits = self.decoder.run(self._embed_ids(prompt.tail))
+            timings.prefill_tokens += len(prompt.tail)
         timings.prefill_s = time.perf_counter() - t0
+        return logits
 
-        default_phrase = default_phrase or grounding_phrase(question)
-        answer = Answer(text="", prompt=question, timings=timings, image_size=(rgb.shape[1], rgb.shape[0]))
-        generation = Generation(self.decoder, self.table, self.tokenizer, logits, params, cancel)
-        return Request(generation, answer, (rgb.shape[1], rgb.shape[0]), default_phrase, t_start)
-
-    def prompt_ids(self, question: str, max_new_tokens: int):
-        """Token ids of the prompt for `question` (IMAGE_TOKEN_INDEX where the image goes); PromptError
-        when the question is not acceptable or prompt + image + `max_new_tokens` exceed the context."""
-        ids = tokenize_prompt(self.tokenizer, build_prompt(question))
-        check_prompt_length(len(ids) - 1, self.manifest.model["image_tokens"], max_new_tokens, self.decoder.max_length)
-        return ids
+    def generator(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
+                  cancel: Optional[threading.Event] = None) -> Generator:
+        """Prompt encoding and prefill for `question` (None: a caption) about `rgb` (H x W x 3 uint8
+        RGB); the Generator that continues from there. Bad input raises ImageError / PromptError /
+        ValueError."""
+        params = (params or GenerationParams()).validate()
+        prompt = self.encode_prompt(question, params.max_new_tokens)
+        timings = Timings()
+        logits = self.prefill(rgb, prompt, timings)
+        return Generator(self.decoder, self.table, self.tokenizer, logits, params, cancel, timings)
 
     def describe(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
-                 cancel: Optional[threading.Event] = None) -> Answer:
-        return self.start(rgb, question, params, cancel).result()
+                 cancel: Optional[threading.Event] = None, on_text: Optional[Callable[[str, int], None]] = None,
+                 phrase: str = "") -> Answer:
+        """Answer `question` (None: a caption) about `rgb`: the decode loop, then boxes in `rgb`'s
+        pixels. on_text(text so far, tokens) is called after every token; `phrase` labels boxes
+        whose answer names none (default: the phrase of a grounding question)."""
+        t_start = time.perf_counter()
+        generator = self.generator(rgb, question, params, cancel)
+        while not generator.is_done():
+            generator.generate_next_token()
+            if on_text is not None:
+                on_text(generator.text, len(generator.token_ids))
+        question = DEFAULT_CAPTION_QUESTION if question is None else question.strip()
+        text = generator.text.strip()
+        height, width = rgb.shape[:2]
+        boxes = find_boxes(text, width, height, default_phrase=phrase or grounding_phrase(question))
+        timings = generator.timings
+        timings.total_s = time.perf_counter() - t_start
+        return Answer(text=text, prompt=question, boxes=boxes, token_ids=generator.token_ids,
+                      finish_reason=generator.finish_reason, timings=timings, image_size=(width, height))
 
     def ground(self, rgb: np.ndarray, phrase: str, params: Optional[GenerationParams] = None) -> Answer:
         """Ask for the box of the region `phrase` describes (the LLaVA-1.5 referring-expression prompt)."""
-        return self.start(rgb, grounding_prompt(phrase), params, default_phrase=phrase.strip()).result()
+        return self.describe(rgb, grounding_prompt(phrase), params, phrase=phrase.strip())
 
     def agreement(self, rgb: np.ndarray, question: Optional[str], tokens: List[int]) -> float:
         """Share of positions where this engine's greedy choice equals `tokens`, reading `tokens`
         whatever it chose (teacher-forced): how a quantized engine is compared with fp32's answer."""
-        req = self.start(rgb, question, GenerationParams(max_new_tokens=len(tokens), ignore_eos=True))
-        logits, agree = req.generation.logits, 0
+        logits = self.generator(rgb, question, GenerationParams(max_new_tokens=len(tokens))).logits
+        agree = 0
         for t in tokens:
             agree += int(np.argmax(logits)) == t
             logits = self.decoder.run(self._embed_ids([t]))

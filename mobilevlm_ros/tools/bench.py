@@ -74,11 +74,11 @@ def worker_ours(engine: str, new_tokens: int, runs: int, threads: int) -> dict:
     params = GenerationParams(max_new_tokens=new_tokens, ignore_eos=True)
 
     def request(i: int):
+        first_token_at = []
         t0 = time.perf_counter()
-        req = vlm.start(_frame(i), None, params)
-        next(iter(req.generation), None)  # the first token
-        ttft = time.perf_counter() - t0
-        return req.result().timings, ttft
+        answer = vlm.describe(_frame(i), None, params,
+                              on_text=lambda text, tokens: first_token_at or first_token_at.append(time.perf_counter()))
+        return answer.timings, first_token_at[0] - t0
 
     out = []
     for i in range(runs + 1):  # the first run warms up onnxruntime and fills the prompt-head cache

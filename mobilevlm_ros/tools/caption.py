@@ -38,15 +38,20 @@ def main(argv=None) -> int:
         rgb = load_image(a.image)
         vlm = VLM(a.engine, backend=a.backend, threads=a.threads)
         question = grounding_prompt(a.ground) if a.ground else a.question
-        request = vlm.start(rgb, question, params, default_phrase=(a.ground or "").strip())
+        shown = ""
+
+        def show(text: str, tokens: int) -> None:  # the answer as it grows: print what is new
+            nonlocal shown
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+
+        answer = vlm.describe(rgb, question, params, on_text=None if a.json else show,
+                              phrase=(a.ground or "").strip())
         if a.json:
-            answer = request.result()
             print(json.dumps({"model": vlm.model_id, "backend": vlm.backend, **answer.to_dict()}, indent=2))
         else:
-            for piece in request:
-                print(piece, end="", flush=True)
-            print()
-            for b in request.answer.boxes:
+            print()  # the last call of show() had the whole answer
+            for b in answer.boxes:
                 print(f"box {b.phrase or '-'}: [{b.x1:.0f}, {b.y1:.0f}, {b.x2:.0f}, {b.y2:.0f}] px")
     except (VLMError, ValueError) as e:
         print(f"mobilevlm-caption: error: {e}", file=sys.stderr)
