@@ -27,14 +27,15 @@ import torch
 
 from .. import __version__
 from ..runtime import manifest as mf
-from ..runtime.errors import CheckpointError
 from ..runtime.engines import HEAD_DIM_MULTIPLE
+from ..runtime.errors import CheckpointError
+from ..runtime.image import CLIP_MEAN, CLIP_STD
+from ..runtime.prompt import DEFAULT_TEMPLATE
 from .config import MobileVLMConfig
 from .loader import load_checkpoint, read_config, resolve
 from .reference import MobileVLM
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
-TARGETS = ("cpu", "cuda")
+PRECISIONS, TARGETS = mf.PRECISIONS, mf.TARGETS
 # The builder's quantization options mobilevlm-export uses for each precision. Chosen by measuring
 # quality on real trained weights (mobilevlm-quality, BENCHMARKS.md) against speed.
 DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
@@ -247,15 +248,14 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
         "tool": f"mobilevlm_ros {__version__}",
         "model": {
             "id": model_id or src,
-            "family": "mobilevlm",
             "version": cfg.version,
             "projector": cfg.projector,
-            "template": "v1",
+            "vision_tower": cfg.vision_tower,
+            "template": DEFAULT_TEMPLATE,
             "image_size": cfg.vision["image_size"],
             "image_tokens": cfg.num_image_tokens,
-            "image_aspect_ratio": cfg.image_aspect_ratio,
-            "image_mean": [0.48145466, 0.4578275, 0.40821073],
-            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "image_mean": list(CLIP_MEAN),
+            "image_std": list(CLIP_STD),
             "hidden_size": llm["hidden_size"],
             "num_layers": llm["num_hidden_layers"],
             "num_heads": llm["num_attention_heads"],
@@ -265,13 +265,11 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
             "context_length": llm["max_position_embeddings"],
             "bos_token_id": llm["bos_token_id"],
             "eos_token_id": llm["eos_token_id"],
-            "vision_tower": cfg.vision_tower,
             "vision_layers": cfg.vision["num_hidden_layers"],
             "vision_width": cfg.vision["hidden_size"],
         },
         "precision": precision,
         "vision_precision": vision_precision,
-        "block_size": quant.get("block_size") if precision in ("int8", "int4") else None,
         "quantization": quant if precision in ("int8", "int4") else None,
         "target": target,
         "decoder_io": decoder_io,

@@ -10,7 +10,9 @@ from typing import Dict
 
 import torch
 
+from ..runtime.image import CLIP_MEAN, CLIP_STD
 from .config import CLIP_L14_336, CLIP_L14_336_VISION, MobileVLMConfig
+from .loader import TOWER_PREFIX
 from .reference import MobileVLM
 from .tokenizer_train import default_corpus, train_tokenizer
 
@@ -86,8 +88,7 @@ def _clip_config(vision: dict) -> dict:
 
 def _preprocessor_config(image_size: int) -> dict:
     return {"crop_size": {"height": image_size, "width": image_size}, "do_center_crop": True, "do_normalize": True,
-            "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-            "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3,
+            "do_resize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "resample": 3,
             "size": {"shortest_edge": image_size}, "image_processor_type": "CLIPImageProcessor"}
 
 
@@ -137,8 +138,8 @@ def write_synthetic(name: str, out: str, layout: str = "", weights_format: str =
         if tied and ckpt_name == "lm_head.weight":
             continue  # tied checkpoints store the embedding once, as transformers saves them
         t = sd[ours].to(dtype)
-        if ckpt_name.startswith("model.vision_tower.vision_tower.") and layout == "separate":
-            tower_tensors[ckpt_name[len("model.vision_tower.vision_tower."):]] = t
+        if ckpt_name.startswith(TOWER_PREFIX) and layout == "separate":
+            tower_tensors[ckpt_name[len(TOWER_PREFIX):]] = t
         else:
             inside[ckpt_name] = t
     del model, sd

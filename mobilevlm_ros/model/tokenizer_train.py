@@ -18,6 +18,8 @@ from typing import Iterable, List
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
+from ..runtime.prompt import SYSTEM_V1
+
 # unk + bos + eos + 256 byte pieces: the smallest vocab that can hold any text.
 _N_META = 3 + 256
 # BPE pieces beyond this buy nothing on a small corpus and only slow training down.
@@ -109,10 +111,6 @@ def _pad_with_placeholders(proto: model_pb2.ModelProto, vocab_size: int) -> None
 
 # --- corpus -------------------------------------------------------------------------------------
 
-_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-    "helpful, detailed, and polite answers to the user's questions."
-)
 _COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "grey", "brown"]
 _SHAPES = ["circle", "square", "triangle", "box", "ball", "cup", "chair", "robot", "door", "bottle"]
 _PLACES = ["on the table", "on the floor", "near the wall", "in the corner", "next to the door",
@@ -134,7 +132,7 @@ def default_corpus() -> List[str]:
     """A few hundred varied English lines about simple scenes, built deterministically (no downloads)."""
     # No newlines anywhere: like LLaMA, "\n" must encode through byte fallback (<0x0A>).
     lines = [
-        _SYSTEM,
+        SYSTEM_V1,
         "USER: <image> Describe the image briefly. ASSISTANT:",
         "The quick brown fox jumps over the lazy dog. THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG!",
         "0 1 2 3 4 5 6 7 8 9 (a) {b} <c> 'd' \"e\" f; g? h/i\\j k=l+m*n-o_p%q&r#s@t~u|v^w`x$",

@@ -1,5 +1,18 @@
-"""manifest.json of an engine directory: what the engine is, and the files it is made of.
+"""manifest.json of an engine directory: the one description of a model variant (as
+genai_config.json is for onnxruntime-genai), and the files it is made of.
 
+    model        id, version (v1/v2), projector, vision_tower: what it was exported from;
+                 template (the chat template the runtime builds prompts with, runtime/prompt.py);
+                 image_size, image_tokens, image_mean, image_std: preprocessing and vision output;
+                 hidden_size, num_layers, num_heads, num_kv_heads, head_dim, vocab_size,
+                 context_length, bos/eos_token_id: the decoder's shape and tokens
+    precision, vision_precision, quantization, target: how it was built (mobilevlm-export)
+    decoder_io   the decoder graph's input/output names
+    files        role -> path, bytes, sha256
+
+The exporter writes it from the runtime's own constants; fields an older exporter wrote that only
+ever held one value (family, image_aspect_ratio) or repeated another (block_size, in quantization)
+are ignored, so older engines load.
 The runtime reads only the manifest to know what it runs. Every file is listed with its size and
 sha256; a missing, truncated or altered file is an EngineError naming the file, before any
 onnxruntime session sees it. The manifest itself is checked field by field (types and values, not
@@ -22,10 +35,12 @@ from .prompt import TEMPLATES
 FORMAT = "mobilevlm-engine"
 FORMAT_VERSION = 1
 NAME = "manifest.json"
-# What the runtime needs from each engine kind.
-REQUIRED_ROLES = {"onnx": ("vision", "decoder", "embeddings", "tokenizer")}
-ENGINE_KINDS = ("onnx",)
+# The files the runtime needs, by role.
+REQUIRED_ROLES = ("vision", "decoder", "embeddings", "tokenizer")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 TARGETS = ("cpu", "cuda")
+# quantization.block_size of int8/int4 engines: the sizes onnxruntime's MatMulNBits takes.
+BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
 def _integer(v: Any) -> bool:
@@ -120,10 +135,6 @@ class Manifest:
     def path(self, role: str) -> str:
         return os.path.join(self.dir, self.files[role]["path"])
 
-    @property
-    def kind(self) -> str:
-        return self.data.get("engine", "onnx")
-
 
 def _check_fields(where: str, section: Any, fields: Dict[str, _Field], optional: Dict[str, _Field] = None) -> None:
     """Raise EngineError naming the first field of `section` that is absent (and required) or wrong."""
@@ -150,10 +161,9 @@ def check_schema(path: str, data: Any) -> None:
     if data.get("format_version") != FORMAT_VERSION:
         raise EngineError(f"{path}: format version {data.get('format_version')!r} is not supported "
                           f"(this runtime reads version {FORMAT_VERSION}); re-run mobilevlm-export")
-    kind = data.get("engine", "onnx")
-    if kind not in ENGINE_KINDS:
-        raise EngineError(f"{path}: engine kind {kind!r} is not supported by this runtime "
-                          f"({', '.join(ENGINE_KINDS)})")
+    if data.get("precision") not in PRECISIONS:
+        raise EngineError(f"{path}: precision {data.get('precision')!r} is not one of {', '.join(PRECISIONS)}; "
+                          "re-run mobilevlm-export")
     if data.get("target", "cpu") not in TARGETS:
         raise EngineError(f"{path}: target {data.get('target')!r} is not one of {', '.join(TARGETS)}")
     for section in ("model", "files", "decoder_io"):
@@ -162,7 +172,7 @@ def check_schema(path: str, data: Any) -> None:
     _check_fields(f"{path}: model", data["model"], MODEL_FIELDS, OPTIONAL_MODEL_FIELDS)
     _check_fields(f"{path}: decoder_io", data["decoder_io"], DECODER_IO_FIELDS)
     files = data["files"]
-    for role in REQUIRED_ROLES[kind]:
+    for role in REQUIRED_ROLES:
         if role not in files:
             raise EngineError(f"{path}: files.{role}: missing; re-run mobilevlm-export")
     for role, entry in files.items():

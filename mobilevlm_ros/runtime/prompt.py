@@ -1,8 +1,13 @@
-"""The MobileVLM chat prompt (conversation mode `v1`) and its tokenisation around the image."""
+"""The MobileVLM chat prompt and its tokenisation around the image.
+
+An engine's manifest names its template (`model.template`); TEMPLATES holds each one the runtime
+knows. MobileVLM V1 and V2 chat checkpoints both use the reference's conversation mode `v1`.
+"""
 
 from __future__ import annotations
 
-from typing import List
+from dataclasses import dataclass
+from typing import Dict, List
 
 from .errors import PromptError
 from .tokenizer import Tokenizer
@@ -17,10 +22,28 @@ IMAGE_TOKEN_INDEX = -200
 DEFAULT_CAPTION_QUESTION = "Describe the image briefly."
 MAX_QUESTION_CHARS = 4000
 
-TEMPLATES = ("v1",)
-# Text that marks turns in the v1 template: inside a question it would fake a turn of the
-# conversation (the model then often answers with nothing), so it is refused.
-TEMPLATE_MARKERS = ("USER:", "ASSISTANT:", "</s>", "<s>")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A vicuna-style chat template: `{system}{sep}{user} <image>\n{question}{sep}{assistant}`."""
+
+    system: str
+    user: str
+    assistant: str
+    sep: str = " "
+
+    def format(self, question: str) -> str:
+        # The image before the question on its own line; the prompt ends with the assistant's role
+        # (no trailing space), as the reference's `conv.get_prompt()`.
+        return f"{self.system}{self.sep}{self.user} {IMAGE_TOKEN}\n{question}{self.sep}{self.assistant}"
+
+
+TEMPLATES: Dict[str, Template] = {"v1": Template(SYSTEM_V1, "USER:", "ASSISTANT:")}
+DEFAULT_TEMPLATE = "v1"
+# Text that marks turns in a template: inside a question it would fake a turn of the conversation
+# (the model then often answers with nothing), so it is refused.
+TEMPLATE_MARKERS = (*dict.fromkeys(m for t in TEMPLATES.values() for m in (t.user, t.assistant)), "</s>", "<s>")
 
 
 def check_question(question: str) -> str:
@@ -38,14 +61,11 @@ def check_question(question: str) -> str:
     return question
 
 
-def build_prompt(question: str, template: str = "v1") -> str:
-    """The full prompt text, `<image>` included, exactly as the reference `conv_templates["v1"]` builds it."""
+def build_prompt(question: str, template: str = DEFAULT_TEMPLATE) -> str:
+    """The full prompt text, `<image>` included, exactly as the reference `conv_templates[template]` builds it."""
     if template not in TEMPLATES:
         raise PromptError(f"unknown prompt template {template!r}; known: {', '.join(TEMPLATES)}")
-    question = check_question(question)
-    # v1 (vicuna style): sep " " after the system text and the user turn, the image before the
-    # question on its own line, and the prompt ends with "ASSISTANT:" (no trailing space).
-    return f"{SYSTEM_V1} USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"
+    return TEMPLATES[template].format(check_question(question))
 
 
 def tokenize_prompt(tokenizer: Tokenizer, prompt: str) -> List[int]:

@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from ..runtime.manifest import PRECISIONS
+
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mobilevlm_ros", "bench")
 
 
@@ -102,7 +104,8 @@ def worker_ours(engine: str, new_tokens: int, runs: int, threads: int) -> dict:
         t, _ = request(100 + i)
         bandwidths.append(bw)
         fractions.append(t.decode_tokens_per_s * per_token / (bw * 1e9))
-    res.update(load_s=load_s, backend=vlm.backend, precision=m.precision, block_size=m.data.get("block_size"),
+    res.update(load_s=load_s, backend=vlm.backend, precision=m.precision,
+               block_size=(m.data.get("quantization") or {}).get("block_size"),
                decode_bytes_per_token=per_token, read_bandwidth_gbs=statistics.median(bandwidths),
                decode_fraction_of_bound=statistics.median(fractions),
                decode_bound_tok_s=statistics.median(bandwidths) * 1e9 / per_token)
@@ -192,7 +195,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("engine", nargs="?", help="engine directory")
     p.add_argument("--synthetic", metavar="NAME", help="benchmark a random-weight preset (e.g. v2-1.7b)")
-    p.add_argument("--precision", default="int4", choices=["fp32", "fp16", "int8", "int4"])
+    p.add_argument("--precision", default="int4", choices=PRECISIONS)
     p.add_argument("--block-size", type=int, default=0, help="synthetic: int4/int8 quantization block (0: the default)")
     p.add_argument("--reference", metavar="CHECKPOINT", help="checkpoint folder for the PyTorch fp32 baseline")
     p.add_argument("--no-reference", action="store_true", help="skip the PyTorch baseline")

@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 
+from ..runtime.manifest import BLOCK_SIZES, PRECISIONS, TARGETS
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-export", description=__doc__.split("\n\n")[0])
@@ -23,9 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint-only", action="store_true", help="synthetic: write the checkpoint folder to --out and stop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="engine directory to write")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="int4")
-    p.add_argument("--target", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--block-size", type=int, default=0, choices=[16, 32, 64, 128, 256],
+    p.add_argument("--precision", choices=PRECISIONS, default="int4")
+    p.add_argument("--target", choices=TARGETS, default="cpu")
+    p.add_argument("--block-size", type=int, default=0, choices=BLOCK_SIZES,
                    help="int4/int8: weights per quantization scale (default: the precision's measured default)")
     p.add_argument("--quant", metavar="NAME",
                    help="int4/int8: another quantization configuration, named as mobilevlm-quality prints it "
@@ -35,9 +37,9 @@ def main(argv=None) -> int:
     if bool(a.src) == bool(a.synthetic):
         p.error("give either SRC or --synthetic NAME")
 
-    from ..runtime.errors import VLMError
     from ..model.export import export
     from ..model.synthetic import PRESETS, write_synthetic
+    from ..runtime.errors import VLMError
 
     quant = None
     if a.quant:
