@@ -10,10 +10,11 @@ override the params file.
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
+
+from launch import LaunchDescription
 
 
 def _node(context):
@@ -35,15 +36,19 @@ def generate_launch_description():
     share = get_package_share_directory("mobilevlm_ros")
     return LaunchDescription([
         DeclareLaunchArgument("engine_dir", default_value="",
-                              description="engine directory (manifest.json + ONNX graphs); empty: the params file's"),
+                              description="engine directory (manifest.json + ONNX graphs); "
+                                          "empty: the params file's"),
         DeclareLaunchArgument("camera_topic", default_value="camera/image_raw",
                               description="raw image topic of the default camera"),
         DeclareLaunchArgument("compressed_topic", default_value="camera/image_raw/compressed",
-                              description="compressed topic of the default camera (with transports:=[compressed])"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+                              description="compressed topic of the default camera "
+                                          "(with transports:=[compressed])"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="namespace of the node and its topics"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "vlm.yaml"),
                               description="parameter file (see config/vlm.yaml)"),
-        DeclareLaunchArgument("backend", default_value="", description="auto, cpu, cuda or tensorrt; empty: the params file's"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description="auto, cpu, cuda or tensorrt; empty: the params file's"),
         DeclareLaunchArgument("node_name", default_value="vlm", description="node name"),
         OpaqueFunction(function=_node),
     ])

@@ -46,7 +46,8 @@ PRECISIONS = ("fp32", "int8", "int4")
 FLOORS = {"int8": 0.75, "int4": 0.5}
 # Tests that hold for the ARM code but not for its speed under emulation (10-50x slower than native).
 DESELECT = {
-    "test/test_tokenizer.py::test_full_size_training_is_fast": "a wall-clock bound (< 5 s) on tokenizer training",
+    "test/test_tokenizer.py::test_full_size_training_is_fast":
+        "a wall-clock bound (< 5 s) on tokenizer training",
 }
 # On qemu's `max` CPU only: its MIDR names no vendor (implementer 0, "reserved for software"), so
 # onnxruntime prints "cpuid_info warning: Unknown CPU vendor" on stderr, a line more than expected.
@@ -208,7 +209,8 @@ def unavailable_import(path: str) -> str:
         else:
             continue
         for name in names:
-            if name == "conftest" or name.startswith(("mobilevlm_ros.runtime", "mobilevlm_ros.tools.caption")):
+            if name == "conftest" or name.startswith(("mobilevlm_ros.runtime",
+                                                      "mobilevlm_ros.tools.caption")):
                 continue  # the runtime itself: if it does not import here, that is a failure to see
             try:
                 importlib.import_module(name)
@@ -221,7 +223,8 @@ def unavailable_import(path: str) -> str:
 def tests(check: str) -> int:
     import pytest
 
-    print(f"python {platform.python_version()} on {platform.machine()} (CPU {os.environ.get('ARM_CPU', '?')})")
+    print(f"python {platform.python_version()} on {platform.machine()} "
+          f"(CPU {os.environ.get('ARM_CPU', '?')})")
     files = sorted(glob.glob(os.path.join(REPO, "test", "test_*.py")))
     not_here = {os.path.basename(f): unavailable_import(f) for f in files}
     not_here = {f: why for f, why in not_here.items() if why}
@@ -351,7 +354,8 @@ def compare(check: str) -> int:
             if not same and not name.endswith(("int8", "int4")):
                 failures.append(f"{name} {c['id']}: ARM {a['token_ids']} vs x86 {ref['token_ids']}")
                 verdict = "MISMATCH: " + verdict
-            boxes = "".join(f" box [{b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f}]" for b in a["boxes"])
+            boxes = "".join(f" box [{b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f}]"
+                            for b in a["boxes"])
             print(f"{name:10} {c['id']:32} {len(a['token_ids']):6}  {verdict}: {a['text'][:60]!r}{boxes}")
 
     print("\nint8/int4 vs ARM fp32 (teacher-forced greedy agreement along the ARM fp32 answers, "
@@ -371,7 +375,8 @@ def compare(check: str) -> int:
     print("kernels run for one answer (op type x runs, execution provider), from session profiles:")
     c0 = cases[0]
     for name, engine in engines.items():
-        ran = kernels_run(engine, load_image(c0["image"]), c0["question"], os.path.join(check, "profiles", name))
+        ran = kernels_run(engine, load_image(c0["image"]), c0["question"],
+                          os.path.join(check, "profiles", name))
         for graph, counts in ran.items():
             ops = Counter()
             for (op, provider), n in counts.items():

@@ -76,5 +76,6 @@ def pytest_runtest_makereport(item, call):
     if name:
         path, line, _ = item.reportinfo()
         report.outcome = "skipped"
-        report.longrepr = (str(path), (line or 0) + 1, f"Skipped: needs {name}, which the ARM image does not have")
+        report.longrepr = (str(path), (line or 0) + 1,
+                           f"Skipped: needs {name}, which the ARM image does not have")
     return report

@@ -53,7 +53,8 @@ def service_burst(client, engine: str, ns: str) -> None:
     replies = [f.result() for f in futures if f.done()]
     busy = sum(r.error.startswith("busy") for r in replies)
     print(f"50 service calls: answered {sum(r.success for r in replies)}, busy {busy}, "
-          f"other errors {len(replies) - busy - sum(r.success for r in replies)}, no reply {50 - len(replies)} "
+          f"other errors {len(replies) - busy - sum(r.success for r in replies)}, "
+          f"no reply {50 - len(replies)} "
           f"({time.monotonic() - t0:.2f} s)")
     node.stop()
 

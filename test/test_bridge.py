@@ -17,14 +17,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from mobilevlm_ros.ros import bridge
 from mobilevlm_ros.ros.annotate import BOX_COLORS, draw_answer
 from mobilevlm_ros.ros.bridge import (
-    ACCEPTED_ENCODINGS, MAX_PIXELS, check_compressed_imgmsg, check_imgmsg, compressed_imgmsg_to_rgb, imgmsg_to_rgb,
+    ACCEPTED_ENCODINGS,
+    MAX_PIXELS,
+    check_compressed_imgmsg,
+    check_imgmsg,
+    compressed_imgmsg_to_rgb,
+    imgmsg_to_rgb,
     rgb_to_imgmsg,
 )
 from mobilevlm_ros.runtime.errors import ImageError
@@ -94,7 +98,8 @@ def raw_frame(encoding):
     if encoding in ("mono8", "8UC1"):
         return GRAY, gray3, 0
     if encoding == "mono16":
-        return MONO16.astype("<u2").view(np.uint8), np.repeat((MONO16 >> 8).astype(np.uint8)[..., None], 3, 2), 0
+        return (MONO16.astype("<u2").view(np.uint8),
+                np.repeat((MONO16 >> 8).astype(np.uint8)[..., None], 3, 2), 0)
     if encoding == "16UC1":
         return DEPTH.astype("<u2").view(np.uint8), depth_expected(DEPTH), 0
     if encoding in ("uyvy", "yuv422", "UYVY", "yuyv", "yuv422_yuy2", "YUYV"):
@@ -297,7 +302,8 @@ def test_png_rgb_exact():
 
 def test_png_rgba_drops_alpha_and_gray_repeats():
     rgba = np.concatenate([REF, ALPHA], axis=2)
-    np.testing.assert_array_equal(compressed_imgmsg_to_rgb(make_compressed(pil_bytes(rgba, "PNG"), "png")), REF)
+    np.testing.assert_array_equal(compressed_imgmsg_to_rgb(make_compressed(pil_bytes(rgba, "PNG"), "png")),
+                                  REF)
     out = compressed_imgmsg_to_rgb(make_compressed(pil_bytes(GRAY, "PNG"), "mono8; png compressed mono8"))
     np.testing.assert_array_equal(out, np.repeat(GRAY[..., None], 3, axis=2))
 
@@ -347,7 +353,8 @@ def test_compressed_refusals():
     assert "corrupt JPEG header" in text and "'jpeg'" in text
     text = refusal(make_compressed(b"not an image at all", "png"), compressed_imgmsg_to_rgb)
     assert "not JPEG or PNG data" in text and "accepted: JPEG, PNG" in text
-    assert "RVL" in refusal(make_compressed(b"\0" * 40, "16UC1; compressedDepth rvl"), compressed_imgmsg_to_rgb)
+    assert "RVL" in refusal(make_compressed(b"\0" * 40, "16UC1; compressedDepth rvl"),
+                            compressed_imgmsg_to_rgb)
     # A PNG whose header claims 9000 x 8000 (72 Mpx): refused from the header, nothing decoded.
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
@@ -384,7 +391,8 @@ def test_only_jpeg_and_png_reach_a_decoder(kind, monkeypatch):
         text = refusal(make_compressed(OTHER_FORMATS[kind](), fmt), compressed_imgmsg_to_rgb)
         assert "not JPEG or PNG data" in text and "accepted: JPEG, PNG" in text
     assert decoded == []
-    np.testing.assert_array_equal(compressed_imgmsg_to_rgb(make_compressed(pil_bytes(REF, "PNG"), "png")), REF)
+    np.testing.assert_array_equal(compressed_imgmsg_to_rgb(make_compressed(pil_bytes(REF, "PNG"), "png")),
+                                  REF)
     assert len(decoded) == 1
 
 

@@ -11,8 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import CORRUPTIONS
+
 from mobilevlm_ros.runtime import manifest as mf
 from mobilevlm_ros.runtime.errors import EngineError
 from mobilevlm_ros.runtime.vlm import VLM
@@ -108,7 +108,8 @@ def test_embedding_table_of_the_wrong_shape(engine_copy):
     np.save(path, np.zeros((10, 64), np.float32))
     entry = {"path": "embed_tokens.npy", "bytes": os.path.getsize(path), "sha256": mf.sha256(path)}
     _edit_manifest(engine_copy, lambda d: d["files"].update(embeddings=entry))
-    with pytest.raises(EngineError, match=r"embed_tokens.npy: float32 \(10, 64\), manifest says float \(512, 64\)"):
+    with pytest.raises(EngineError,
+                       match=r"embed_tokens.npy: float32 \(10, 64\), manifest says float \(512, 64\)"):
         VLM(engine_copy)
 
 
@@ -136,7 +137,8 @@ def test_manifest_values_are_checked_not_only_keys(engine_copy, field, value, ne
 
 def test_decoder_io_names_must_hold_one_layer_placeholder(engine_copy):
     _edit_manifest(engine_copy, lambda d: d["decoder_io"].update(past_key="past_key_values.key"))
-    with pytest.raises(EngineError, match="decoder_io.past_key: 'past_key_values.key' is not a name with one %d"):
+    with pytest.raises(EngineError,
+                       match="decoder_io.past_key: 'past_key_values.key' is not a name with one %d"):
         VLM(engine_copy)
 
 
@@ -195,7 +197,8 @@ def test_export_refuses_a_head_dim_the_runtime_cannot_run(checkpoints, tmp_path)
 
 
 def _caption(*args):
-    return subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.caption", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.caption", *args],
+                          capture_output=True, text=True)
 
 
 def test_caption_cli_errors_are_one_line(tmp_path, engines, engine_copy, corrupt_engine):
@@ -218,7 +221,8 @@ def test_caption_cli_errors_are_one_line(tmp_path, engines, engine_copy, corrupt
         r = _caption(engine, image)
         assert r.returncode != 0
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("mobilevlm-caption: error:") and needle in lines[0], r.stderr
+        assert (len(lines) == 1 and lines[0].startswith("mobilevlm-caption: error:")
+                and needle in lines[0]), r.stderr
 
 
 def test_caption_cli_json(tmp_path, engines):
@@ -239,12 +243,14 @@ def test_execution_providers_follow_target_and_what_is_installed(monkeypatch):
     monkeypatch.setattr(sessions.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert sessions.choose_providers("cpu") == ["CPUExecutionProvider"]
     assert sessions.choose_providers("cuda") == ["CPUExecutionProvider"]  # a CUDA engine still runs on CPU
-    with pytest.raises(EngineError, match="backend 'cuda' requested but onnxruntime offers only CPUExecutionProvider"):
+    with pytest.raises(EngineError,
+                       match="backend 'cuda' requested but onnxruntime offers only CPUExecutionProvider"):
         sessions.choose_providers("cpu", "cuda")
     with pytest.raises(EngineError, match="backend 'npu'"):
         sessions.choose_providers("cpu", "npu")
     monkeypatch.setattr(sessions.ort, "get_available_providers",
-                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                 "CPUExecutionProvider"])
     chosen = sessions.choose_providers("cuda", cache_dir="/tmp/trt")
     assert [p if isinstance(p, str) else p[0] for p in chosen] == [
         "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

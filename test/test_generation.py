@@ -10,10 +10,9 @@ import threading
 
 import numpy as np
 import pytest
-
-from mobilevlm_ros.model.tokenizer_train import train_tokenizer
 from conftest import shown_texts
 
+from mobilevlm_ros.model.tokenizer_train import train_tokenizer
 from mobilevlm_ros.runtime.generation import GenerationParams, Sampler
 from mobilevlm_ros.runtime.tokenizer import Tokenizer
 

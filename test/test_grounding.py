@@ -70,7 +70,8 @@ def test_several_boxes_with_phrases():
     "text,phrases",
     [
         ("The cup is at [0.1, 0.2, 0.3, 0.4].", ["The cup"]),
-        ("There are two. Left chair: [0.1, 0.2, 0.3, 0.4], right chair [0.6, 0.2, 0.9, 0.4]", ["Left chair", "right chair"]),
+        ("There are two. Left chair: [0.1, 0.2, 0.3, 0.4], right chair [0.6, 0.2, 0.9, 0.4]",
+         ["Left chair", "right chair"]),
         ("Sure. [0.1, 0.2, 0.3, 0.4]", [""]),
         ("a man 1.8 m tall [0.1, 0.2, 0.3, 0.4]", ["a man 1.8 m tall"]),
         ("bad [0.1, 0.2, 0.3] then the dog [0.1, 0.2, 0.3, 0.4]", ["the dog"]),

@@ -1,4 +1,5 @@
-"""Preprocessing against the reference: expand2square (re-written here from the facts) + transformers' CLIP processor."""
+"""Preprocessing against the reference: expand2square (re-written here from the facts) + transformers'
+CLIP processor."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def test_fill_colour_and_pad_region():
 
 @pytest.mark.parametrize(
     "w,h,side,ox,oy",
-    [(320, 240, 320, 0, 40), (100, 300, 300, 100, 0), (333, 10, 333, 0, 161), (200, 200, 200, 0, 0), (5, 2, 5, 0, 1)],
+    [(320, 240, 320, 0, 40), (100, 300, 300, 100, 0), (333, 10, 333, 0, 161), (200, 200, 200, 0, 0),
+     (5, 2, 5, 0, 1)],
 )
 def test_pad_geometry_known_sizes(w, h, side, ox, oy):
     g = pad_geometry(w, h)

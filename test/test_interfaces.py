@@ -40,8 +40,9 @@ FIELDS = {
         "normalized": "float[4]",
     },
     Timings: {
-        "queue_s": "float", "preprocess_s": "float", "vision_s": "float", "prefill_s": "float", "decode_s": "float",
-        "total_s": "float", "prompt_tokens": "uint32", "new_tokens": "uint32", "decode_tokens_per_s": "float",
+        "queue_s": "float", "preprocess_s": "float", "vision_s": "float", "prefill_s": "float",
+        "decode_s": "float", "total_s": "float", "prompt_tokens": "uint32", "new_tokens": "uint32",
+        "decode_tokens_per_s": "float",
     },
     Caption: {
         "header": "std_msgs/Header", "camera": "string", "text": "string", "prompt": "string",
@@ -88,8 +89,8 @@ def round_trip(msg):
 
 def timings() -> Timings:
     # Values exact in float32, so the comparison after the round trip is exact too.
-    return Timings(queue_s=0.125, preprocess_s=0.0078125, vision_s=0.5, prefill_s=0.25, decode_s=1.5, total_s=2.25,
-                   prompt_tokens=171, new_tokens=24, decode_tokens_per_s=16.0)
+    return Timings(queue_s=0.125, preprocess_s=0.0078125, vision_s=0.5, prefill_s=0.25, decode_s=1.5,
+                   total_s=2.25, prompt_tokens=171, new_tokens=24, decode_tokens_per_s=16.0)
 
 
 def box(label: str, i: int) -> BoundingBox:
@@ -107,7 +108,8 @@ def test_generated_and_own_modules_are_one_package():
     # install folder with colcon); the generated subpackages are found through __path__.
     own = Path(mobilevlm_ros.__file__).resolve().parent
     assert Path(mobilevlm_ros.runtime.vlm.__file__).resolve().parent.parent == own
-    assert Path(mobilevlm_ros.msg.__file__).resolve().parent.parent in {Path(p).resolve() for p in mobilevlm_ros.__path__}
+    assert (Path(mobilevlm_ros.msg.__file__).resolve().parent.parent
+            in {Path(p).resolve() for p in mobilevlm_ros.__path__})
     assert hasattr(mobilevlm_ros, "__version__")
 
 
@@ -128,9 +130,12 @@ def test_service_and_action_shapes():
     assert AskService.Request.__module__.startswith("mobilevlm_ros.srv")
     assert AskAction.Goal.__module__.startswith("mobilevlm_ros.action")
     # The action's generated wrapper types carry our goal, result and feedback.
-    assert AskAction.Impl.SendGoalService.Request.get_fields_and_field_types()["goal"] == "mobilevlm_ros/Ask_Goal"
-    assert AskAction.Impl.GetResultService.Response.get_fields_and_field_types()["result"] == "mobilevlm_ros/Ask_Result"
-    assert AskAction.Impl.FeedbackMessage.get_fields_and_field_types()["feedback"] == "mobilevlm_ros/Ask_Feedback"
+    assert (AskAction.Impl.SendGoalService.Request.get_fields_and_field_types()["goal"]
+            == "mobilevlm_ros/Ask_Goal")
+    assert (AskAction.Impl.GetResultService.Response.get_fields_and_field_types()["result"]
+            == "mobilevlm_ros/Ask_Result")
+    assert (AskAction.Impl.FeedbackMessage.get_fields_and_field_types()["feedback"]
+            == "mobilevlm_ros/Ask_Feedback")
 
 
 # --- fields and defaults ----------------------------------------------------------------------
@@ -152,7 +157,8 @@ def test_ask_defaults(request_type):
 
 def test_bounding_box_normalized_is_four_floats():
     b = BoundingBox()
-    assert isinstance(b.normalized, np.ndarray) and b.normalized.dtype == np.float32 and b.normalized.shape == (4,)
+    assert (isinstance(b.normalized, np.ndarray) and b.normalized.dtype == np.float32
+            and b.normalized.shape == (4,))
     assert b.normalized.tolist() == [0.0, 0.0, 0.0, 0.0]
     b.normalized = [0.1, 0.2, 0.3, 0.4]
     assert b.normalized.dtype == np.float32 and b.normalized.shape == (4,)
@@ -177,7 +183,8 @@ def test_caption_round_trip():
 
 
 def test_grounded_answer_round_trip_with_nested_boxes():
-    ans = GroundedAnswer(camera="", question="Where is the red cup? ünïcødé ok", text="The red cup is on the left.",
+    ans = GroundedAnswer(camera="", question="Where is the red cup? ünïcødé ok",
+                         text="The red cup is on the left.",
                          boxes=[box("the red cup", 0), box("the table", 1), box("", 2)],
                          image_width=640, image_height=480, model_id="synthetic/tiny", finish_reason="eos",
                          timings=timings())
@@ -196,7 +203,8 @@ def test_ask_service_and_action_round_trip():
         round_trip(req_type(question="What is this?", camera="front", image=img, compressed_image=comp,
                             max_new_tokens=32, temperature=0.5))
         round_trip(req_type())
-    answer = GroundedAnswer(question="q", text="a", boxes=[box("x", 0)], finish_reason="length", timings=timings())
+    answer = GroundedAnswer(question="q", text="a", boxes=[box("x", 0)], finish_reason="length",
+                            timings=timings())
     for res_type in (AskService.Response, AskAction.Result):
         round_trip(res_type(success=True, error="", answer=answer))
         round_trip(res_type(success=False, error="busy: another request is running"))
@@ -248,7 +256,8 @@ def test_package_xml_declares_every_interface_dependency():
     needed = (used_packages() - {"mobilevlm_ros"}) | {"builtin_interfaces", "action_msgs"}
     assert needed <= build, f"missing build dependencies: {needed - build}"
     assert needed <= run, f"missing exec dependencies: {needed - run}"
-    assert {"rclpy", "diagnostic_msgs", "lifecycle_msgs", "python3-numpy", "python3-opencv", "python3-pil"} <= run
+    assert {"rclpy", "diagnostic_msgs", "lifecycle_msgs", "python3-numpy", "python3-opencv",
+            "python3-pil"} <= run
 
 
 def test_cmakelists_generates_every_interface_file():

@@ -30,10 +30,12 @@ def test_layouts_load_every_tensor(name, layout, fmt, checkpoints):
     else:
         saved = torch.load(os.path.join(folder, "pytorch_model.bin"), weights_only=True)
     assert any(k.startswith(TOWER) for k in saved) == (layout == "inside")
-    assert "model.mm_projector." + ("peg.peg.0.weight" if name == "tiny" else "model.mb_block.1.block.1.fc1.weight") in saved
+    assert "model.mm_projector." + ("peg.peg.0.weight" if name == "tiny"
+                                    else "model.mb_block.1.block.1.fc1.weight") in saved
     model = load_checkpoint(folder)  # raises on any missing or unexpected tensor
     # The values landed where they belong, not just the names.
-    assert torch.equal(model.llm.model.layers[1].mlp.down_proj.weight, saved["model.layers.1.mlp.down_proj.weight"])
+    assert torch.equal(model.llm.model.layers[1].mlp.down_proj.weight,
+                       saved["model.layers.1.mlp.down_proj.weight"])
     assert torch.equal(model.llm.lm_head.weight, saved["lm_head.weight"])
     if layout == "separate":
         tower = load_file(os.path.join(folder, "clip", "model.safetensors")) if fmt == "safetensors" else \
@@ -90,7 +92,8 @@ def test_vision_tower_override_points_at_a_clip_folder(tmp_path, checkpoints):
 def test_released_configs_have_the_published_shapes():
     """Config logic on full-size configs (no weights): 144 image tokens, 3B's stale n_head ignored."""
     v2 = MobileVLMConfig.from_dict(official_config("ldpnetv2", dict(hidden_size=2048, intermediate_size=5632,
-                                   num_hidden_layers=24, num_attention_heads=16), "openai/clip-vit-large-patch14-336", 1024))
+                                   num_hidden_layers=24, num_attention_heads=16),
+                                   "openai/clip-vit-large-patch14-336", 1024))
     assert (v2.num_patches, v2.num_image_tokens, v2.version) == (576, 144, "v2")
     raw = official_config("ldpnet", dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=32,
                           num_attention_heads=32), "openai/clip-vit-large-patch14-336", 1024)
@@ -117,5 +120,6 @@ def test_unknown_projector_and_missing_folder_are_clear(tmp_path):
 def test_hub_id_without_network_is_a_clear_error(monkeypatch):
     """A hub id goes through huggingface_hub; offline (as here) that is one clear CheckpointError."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="mtgv/MobileVLM_V2-1.7B: not a local folder and the hub could not provide it"):
+    with pytest.raises(CheckpointError,
+                       match="mtgv/MobileVLM_V2-1.7B: not a local folder and the hub could not provide it"):
         load_checkpoint("mtgv/MobileVLM_V2-1.7B")

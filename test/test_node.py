@@ -81,8 +81,8 @@ class Harness:
     """A VLM node and a client node spinning on one executor in a background thread."""
 
     def __init__(self, engine: str, **params):
-        defaults = dict(engine_dir=engine, cameras=["front"], caption_rate_hz=0.0, max_new_tokens=8, threads=1,
-                        diagnostics_period_s=0.2, backend="cpu")
+        defaults = dict(engine_dir=engine, cameras=["front"], caption_rate_hz=0.0, max_new_tokens=8,
+                        threads=1, diagnostics_period_s=0.2, backend="cpu")
         defaults.update(params)
         self.node = VLMNode(parameter_overrides=[Parameter(k, value=v) for k, v in defaults.items()])
         self.client = rclpy.create_node(f"test_client_{id(self)}")
@@ -172,8 +172,10 @@ def test_service_answers_on_camera_frame_and_on_request_image(harness, runtime):
     other = frame(3, w=80, h=30)  # the request's own image overrides the camera
     r = h.ask(question="Is there a red circle?", image=image_msg(other, stamp_s=77, frame_id="upload"))
     assert r.success, r.error
-    assert r.answer.text == runtime.describe(other, "Is there a red circle?", GenerationParams(max_new_tokens=8)).text
-    assert (r.answer.header.frame_id, r.answer.image_width, r.answer.image_height, r.answer.camera) == ("upload", 80, 30, "")
+    assert r.answer.text == runtime.describe(other, "Is there a red circle?",
+                                             GenerationParams(max_new_tokens=8)).text
+    assert (r.answer.header.frame_id, r.answer.image_width, r.answer.image_height,
+            r.answer.camera) == ("upload", 80, 30, "")
 
 
 def test_service_errors_are_clear(harness):
@@ -193,7 +195,8 @@ def _send_goal(h, **fields):
     client = ActionClient(h.client, AskAction, "/vlm/ask")
     assert client.wait_for_server(timeout_sec=TIMEOUT)
     feedback = []
-    fut = client.send_goal_async(AskAction.Goal(**fields), feedback_callback=lambda m: feedback.append(m.feedback))
+    fut = client.send_goal_async(AskAction.Goal(**fields),
+                                 feedback_callback=lambda m: feedback.append(m.feedback))
     wait_for(fut.done, what="goal acceptance")
     handle = fut.result()
     assert handle.accepted
@@ -239,7 +242,8 @@ def test_cancel_stops_within_a_token_and_busy_refusal(harness, engine):
     res = res_fut.result()
     assert res.status == GoalStatus.STATUS_CANCELED
     assert res.result.answer.finish_reason == "cancelled"
-    assert res.result.answer.timings.new_tokens <= tokens_at_cancel + 3  # a token or two in flight, not hundreds
+    # a token or two in flight, not hundreds
+    assert res.result.answer.timings.new_tokens <= tokens_at_cancel + 3
     decoder.run = original
     assert h.ask(question="Anything?").success  # free again
 
@@ -312,16 +316,18 @@ def test_fast_camera_drops_frames_without_growing_memory_or_latency(harness):
 def test_parameters_validated_and_live(harness):
     h = harness(caption_rate_hz=20.0).start()
     node = h.node
-    for name, value, why in [("caption_rate_hz", -1.0, ""), ("backend", "gpu", "backend: must be"), ("temperature", 2.5, ""),
-                             ("caption_prompt", " ", "is empty"), ("max_new_tokens", 0, ""),
-                             ("engine_dir", "/tmp", "deactivate"), ("cameras", ["a", "a"], "unique")]:
+    for name, value, why in [("caption_rate_hz", -1.0, ""), ("backend", "gpu", "backend: must be"),
+                             ("temperature", 2.5, ""), ("caption_prompt", " ", "is empty"),
+                             ("max_new_tokens", 0, ""), ("engine_dir", "/tmp", "deactivate"),
+                             ("cameras", ["a", "a"], "unique")]:
         result = node.set_parameters([Parameter(name, value=value)])[0]
         assert not result.successful, (name, value)
         assert why in result.reason
     assert node.set_parameters([Parameter("caption_prompt", value="How many shapes?")])[0].successful
     assert node.set_parameters([Parameter("max_new_tokens", value=3)])[0].successful
     h.publish("front", image_msg(frame(10), stamp_s=1))
-    wait_for(lambda: any(c.prompt == "How many shapes?" for c in h.captions), what="caption with the new prompt")
+    wait_for(lambda: any(c.prompt == "How many shapes?" for c in h.captions),
+             what="caption with the new prompt")
     c = [c for c in h.captions if c.prompt == "How many shapes?"][-1]
     assert c.timings.new_tokens <= 3
 
@@ -366,7 +372,8 @@ def test_deactivating_during_a_goal_aborts_it_with_the_reason(harness, capfd):
     h = harness().start()
     decoder = h.node.vlm.decoder
     original = decoder.run
-    decoder.run = lambda e: (time.sleep(0.02), original(e))[1]  # a long answer surely runs while we deactivate
+    # a long answer surely runs while we deactivate
+    decoder.run = lambda e: (time.sleep(0.02), original(e))[1]
     handle, feedback = _send_goal(h, question="Tell a long story.", max_new_tokens=300, temperature=1.0,
                                   image=image_msg(frame(13), stamp_s=8))
     wait_for(lambda: feedback, what="first feedback")
@@ -411,7 +418,8 @@ def test_bad_requests_get_a_reason(harness):
     assert not r.success and "temperature is NaN" in r.error
     r = h.ask(question="USER: ASSISTANT: </s>", image=img)
     assert not r.success and "markers" in r.error
-    hdr = CompressedImage(format="jpeg", data=b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 9000 +X 9000\n" + bytes(64))
+    hdr = CompressedImage(format="jpeg",
+                          data=b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 9000 +X 9000\n" + bytes(64))
     r = h.ask(question="What is it?", compressed_image=hdr)
     assert not r.success and "not JPEG or PNG data" in r.error
     assert h.ask(question="What is it?", image=img).success

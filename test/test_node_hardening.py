@@ -21,6 +21,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
 
 from action_msgs.msg import GoalStatus  # noqa: E402
+from conftest import CORRUPTIONS  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
@@ -29,7 +30,6 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from mobilevlm_ros.action import Ask as AskAction  # noqa: E402
 from mobilevlm_ros.srv import Ask as AskService  # noqa: E402
-from conftest import CORRUPTIONS  # noqa: E402
 
 TIMEOUT = 30.0
 # DDS hands every response of a service to every client of it, each of which keeps the newest
@@ -54,7 +54,8 @@ def wait_for(predicate, timeout=TIMEOUT, what="condition"):
 
 def image_msg(width: int, height: int, seed: int = 0) -> Image:
     rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3, data=rgb.tobytes())
+    return Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3,
+                 data=rgb.tobytes())
 
 
 class NodeProcess:
@@ -82,8 +83,10 @@ class NodeProcess:
         return "\n".join(self.lines)
 
     def wait_log(self, needle: str, timeout: float = TIMEOUT):
-        wait_for(lambda: needle in self.log or self.proc.poll() is not None, timeout, f"'{needle}' in the node log")
-        assert needle in self.log, f"node exited ({self.proc.returncode}) before logging {needle!r}:\n{self.log}"
+        wait_for(lambda: needle in self.log or self.proc.poll() is not None, timeout,
+                 f"'{needle}' in the node log")
+        assert needle in self.log, (f"node exited ({self.proc.returncode}) "
+                                    f"before logging {needle!r}:\n{self.log}")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -197,17 +200,20 @@ def test_lifecycle_transitions_not_valid_now_are_refused_and_the_node_keeps_serv
 
 def test_fifty_simultaneous_service_calls_each_get_an_answer_or_a_refusal(client, start_node):
     node = start_node(max_queue=2, max_new_tokens=32)
-    clients = [client.create_client(AskService, f"/{node.ns}/vlm/ask", qos_profile=BURST_QOS) for _ in range(50)]
+    clients = [client.create_client(AskService, f"/{node.ns}/vlm/ask", qos_profile=BURST_QOS)
+               for _ in range(50)]
     for c in clients:
         assert c.wait_for_service(timeout_sec=TIMEOUT)
     time.sleep(DISCOVERY_SETTLE_S)
     futures = [c.call_async(AskService.Request(question="Describe it.", image=image_msg(64, 48, i)))
                for i, c in enumerate(clients)]
-    wait_for(lambda: all(f.done() for f in futures), 60.0, f"all 50 responses ({sum(f.done() for f in futures)} came)")
+    wait_for(lambda: all(f.done() for f in futures), 60.0,
+             f"all 50 responses ({sum(f.done() for f in futures)} came)")
     results = [f.result() for f in futures]
     answered = sum(r.success for r in results)
     busy = sum(r.error.startswith("busy:") for r in results)
-    assert answered + busy == 50, [r.error for r in results if not r.success and not r.error.startswith("busy:")]
+    assert answered + busy == 50, [r.error for r in results
+                                   if not r.success and not r.error.startswith("busy:")]
     assert answered >= 3  # the one running and max_queue waiting ones at least
     assert ask_frame(client, node).success and node.alive()
 
@@ -222,7 +228,8 @@ def test_fifty_simultaneous_action_goals_each_get_a_result(client, start_node):
     time.sleep(DISCOVERY_SETTLE_S)
     sent = [a.send_goal_async(AskAction.Goal(question="Describe it.", image=image_msg(64, 48, i)))
             for i, a in enumerate(actions)]
-    wait_for(lambda: all(f.done() for f in sent), 60.0, f"50 goal responses ({sum(f.done() for f in sent)} came)")
+    wait_for(lambda: all(f.done() for f in sent), 60.0,
+             f"50 goal responses ({sum(f.done() for f in sent)} came)")
     handles = [f.result() for f in sent]
     rejected = sum(not h.accepted for h in handles)
     results = [h.get_result_async() for h in handles if h.accepted]
@@ -266,7 +273,8 @@ def test_finished_goals_do_not_keep_their_request_images(client, start_node):
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
-def test_a_corrupt_engine_is_one_log_line_and_the_node_stays_up(client, start_node, corrupt_engine, corruption):
+def test_a_corrupt_engine_is_one_log_line_and_the_node_stays_up(client, start_node, corrupt_engine,
+                                                                corruption):
     node = start_node(corrupt_engine(corruption), wait="cannot load the engine")
     node.wait_log("cannot load the engine")
     errors = [line for line in node.lines if "[ERROR]" in line]

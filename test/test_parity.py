@@ -43,7 +43,8 @@ def test_fp32_engine_matches_reference(name, engines, reference):
 
         ours = vlm.image_embeddings(rgb)
         ref = model.vision(torch.from_numpy(pixels))[0].numpy()
-        assert ours.shape == ref.shape == (vlm.manifest.model["image_tokens"], vlm.manifest.model["hidden_size"])
+        assert ours.shape == ref.shape == (vlm.manifest.model["image_tokens"],
+                                           vlm.manifest.model["hidden_size"])
         assert np.abs(ours - ref).max() < TOL, "vision embeddings differ from the reference"
 
         params = GenerationParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
@@ -90,10 +91,13 @@ def test_quantized_engines_agree_with_fp32(name, precision, floor, engines):
     graph = onnx.load(mf.load(engines(name, precision)).path("decoder"), load_external_data=False).graph
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     # int4's default keeps lm_head and the most sensitive projections in int8 (k-quant mixed).
-    assert bits == ({4, 8} if precision == "int4" else {8}), "the decoder's matrices are not quantized as configured"
-    rates = [_teacher_forced_agreement(engines(name, precision), engines(name, "fp32"), _scene(s)) for s in range(3)]
+    assert bits == ({4, 8} if precision == "int4" else {8}), (
+        "the decoder's matrices are not quantized as configured")
+    rates = [_teacher_forced_agreement(engines(name, precision), engines(name, "fp32"), _scene(s))
+             for s in range(3)]
     rate = float(np.mean(rates))
-    print(f"\n{name} {precision}: greedy agreement with fp32 (teacher-forced, {NEW_TOKENS} tokens x 3 images) = {rate:.2f}")
+    print(f"\n{name} {precision}: greedy agreement with fp32 "
+          f"(teacher-forced, {NEW_TOKENS} tokens x 3 images) = {rate:.2f}")
     assert rate >= floor
 
 

@@ -108,7 +108,8 @@ def test_prompt_structure(tok):
 
 def test_several_and_edge_image_markers(tok, references):
     for prompt in ["<image>\nWhat?", "A <image> and <image> B", "ends with <image>", "no image at all"]:
-        assert tokenize_prompt(tok, prompt) == reference_tokenizer_image_token(prompt, references["slow-sentencepiece"])
+        assert (tokenize_prompt(tok, prompt)
+                == reference_tokenizer_image_token(prompt, references["slow-sentencepiece"]))
 
 
 def test_special_token_text_stays_text(tok, references):

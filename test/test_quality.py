@@ -76,8 +76,9 @@ def test_exporter_defaults_are_among_the_measured_configurations():
 
 
 def test_cli_json(checkpoints, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.quality", checkpoints("tiny-gqa"), "--corpus", CORPUS,
-                        "--tokens", "32", "--window", "32", "--only", "fp32", "--json", "--threads", "1"],
+    r = subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.quality", checkpoints("tiny-gqa"),
+                        "--corpus", CORPUS, "--tokens", "32", "--window", "32", "--only", "fp32", "--json",
+                        "--threads", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -89,8 +90,8 @@ def test_cli_json(checkpoints, tmp_path):
 def test_too_short_a_corpus_is_a_clear_error(checkpoints, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Only a few words.")
-    r = subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.quality", checkpoints("tiny-gqa"), "--corpus",
-                        str(short), "--tokens", "64"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.quality", checkpoints("tiny-gqa"),
+                        "--corpus", str(short), "--tokens", "64"], capture_output=True, text=True)
     assert r.returncode == 1 and "fewer than the 64 asked for" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -112,7 +113,8 @@ def test_export_takes_a_measured_configuration_by_name(checkpoints, tmp_path):
 
     config = next(c for c in CONFIGS if c.name == "int4 block 32 asymmetric, lm_head int8")
     out = tmp_path / "engine"
-    assert export_main([checkpoints("tiny-gqa"), "--out", str(out), "--precision", "int4", "--quant", config.name]) == 0
+    assert export_main([checkpoints("tiny-gqa"), "--out", str(out), "--precision", "int4",
+                        "--quant", config.name]) == 0
     with open(out / "manifest.json") as f:
         assert json.load(f)["quantization"] == config.quant
 
@@ -121,5 +123,6 @@ def test_export_refuses_an_unknown_configuration(capsys):
     from mobilevlm_ros.tools.export_cli import main as export_main
 
     with pytest.raises(SystemExit):
-        export_main(["--synthetic", "tiny", "--out", "/nonexistent", "--precision", "int8", "--quant", "int4 block 32"])
+        export_main(["--synthetic", "tiny", "--out", "/nonexistent", "--precision", "int8",
+                     "--quant", "int4 block 32"])
     assert "int8 configurations are:" in capsys.readouterr().err

@@ -6,9 +6,8 @@ import random
 
 import pytest
 import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2 as model_pb2
-
 from conftest import shown_texts
+from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 from mobilevlm_ros.model.tokenizer_train import default_corpus, train_tokenizer
 from mobilevlm_ros.runtime.errors import EngineError
@@ -27,7 +26,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model", default_corpus(), vocab_size=32000)
+    return train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model", default_corpus(),
+                           vocab_size=32000)
 
 
 @pytest.fixture(scope="module")

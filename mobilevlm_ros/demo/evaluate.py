@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="PATH", help="also write the full result (with failures) as JSON")
     a = p.parse_args(argv)
     r = evaluate(a.engine_dir, a.scenes, a.seed_offset, a.threads, log=lambda m: print(m, file=sys.stderr))
-    print(f"engine {r['engine']}: {r['scenes']} scenes (seeds {r['seeds'][0]}..{r['seeds'][1]}), {r['seconds']}s")
+    print(f"engine {r['engine']}: {r['scenes']} scenes "
+          f"(seeds {r['seeds'][0]}..{r['seeds'][1]}), {r['seconds']}s")
     for k, v in r["accuracy"].items():
         print(f"  {k:10s} {v:.3f}  ({r['questions'][k]} questions)")
     print(f"  grounding mean IoU {r['grounding_mean_iou']}")

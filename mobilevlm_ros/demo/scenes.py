@@ -43,7 +43,8 @@ _NUMBER_WORDS = {"zero": 0, "no": 0, "one": 1, "two": 2, "three": 3, "four": 4, 
 class Obj:
     shape: str  # one of SHAPES
     colour: str  # one of COLOURS
-    box: Tuple[int, int, int, int]  # (x1, y1, x2, y2) pixels of the source image, tight around the drawn shape
+    # (x1, y1, x2, y2) pixels of the source image, tight around the drawn shape
+    box: Tuple[int, int, int, int]
 
     @property
     def name(self) -> str:
@@ -136,7 +137,8 @@ def make_scene(seed: int, width: int = 320, height: int = 240, n_objects: Option
     masks = []
     for i, (colour, shape, x, y, s) in enumerate(placed):
         mask = _shape_mask(shape, width, height, x, y, s)
-        rgb = np.clip(np.asarray(_RGB[colour], np.float32) * rng.uniform(0.8, 1.1) + rng.uniform(-15, 15, 3), 0, 255)
+        rgb = np.clip(np.asarray(_RGB[colour], np.float32) * rng.uniform(0.8, 1.1) + rng.uniform(-15, 15, 3),
+                      0, 255)
         img[mask] = rgb
         instances[mask] = i + 1  # later objects are drawn on top
         masks.append(mask)
@@ -160,7 +162,8 @@ FRAME_SIZES = ((320, 240), (320, 240), (320, 240), (240, 320), (400, 300), (320,
 
 
 def sample_scene(seed: int, max_objects: int = MAX_OBJECTS) -> Scene:
-    """The scene the trainer and the evaluation use for `seed`: frame size and object count drawn from it too."""
+    """The scene the trainer and the evaluation use for `seed`: frame size and object count drawn
+    from it too."""
     rng = np.random.default_rng(seed + 777_000_000)
     n = int(rng.integers(1, max_objects + 1))
     w, h = FRAME_SIZES[int(rng.integers(len(FRAME_SIZES)))]
@@ -221,7 +224,8 @@ def grounding_question(phrase: str) -> str:
 
 
 def normalized_box(scene: Scene, obj: Obj) -> List[float]:
-    """The object's box in 0..1 of the PADDED square image (how MobileVLM writes and the runtime reads boxes)."""
+    """The object's box in 0..1 of the PADDED square image (how MobileVLM writes and the runtime
+    reads boxes)."""
     g = pad_geometry(scene.width, scene.height)
     x1, y1, x2, y2 = obj.box
     return [(x1 + g.offset_x) / g.side, (y1 + g.offset_y) / g.side,
@@ -266,7 +270,8 @@ def qa_pairs(scene: Scene, seed: int = 0) -> List[Tuple[str, str, str]]:
     yesno (half the time about an object present). `seed` picks which object / shape is asked about.
     """
     rng = np.random.default_rng(seed)
-    out = [("caption", caption_question(), caption_answer(scene)), ("count", count_question(), count_answer(scene))]
+    out = [("caption", caption_question(), caption_answer(scene)),
+           ("count", count_question(), count_answer(scene))]
     named = [o for o in scene.objects if referring_phrase(scene, o)]
     if named:
         o = named[int(rng.integers(len(named)))]

@@ -1,1 +1,2 @@
-"""Model side: PyTorch reference of MobileVLM, checkpoint loading, synthetic checkpoints, export (needs torch)."""
+"""Model side: PyTorch reference of MobileVLM, checkpoint loading, synthetic checkpoints, export
+(needs torch)."""

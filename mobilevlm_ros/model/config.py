@@ -121,7 +121,8 @@ def llama_kwargs(raw: dict) -> dict:
 
 
 def read_clip_vision_config(folder: str) -> dict:
-    """CLIPVisionConfig kwargs from a CLIP folder (a CLIPModel config with `vision_config`, or a vision-only one)."""
+    """CLIPVisionConfig kwargs from a CLIP folder (a CLIPModel config with `vision_config`, or a
+    vision-only one)."""
     path = os.path.join(folder, "config.json")
     try:
         with open(path) as f:
@@ -130,7 +131,8 @@ def read_clip_vision_config(folder: str) -> dict:
         raise CheckpointError(f"vision tower config {path}: {e}") from e
     vc = raw.get("vision_config", raw)
     keys = list(CLIP_L14_336_VISION)
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size") if k not in vc]
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size",
+                           "patch_size") if k not in vc]
     if missing:
         raise CheckpointError(f"vision tower config {path}: missing {', '.join(missing)}")
     out = {k: vc[k] for k in keys if k in vc}

@@ -31,8 +31,9 @@ def convert(lm: LanguageModel, llamacpp_src: str, out: str) -> None:
     """fp32 weights -> an f32 .gguf with llama.cpp's converter."""
     converter = os.path.join(llamacpp_src or "", "convert_hf_to_gguf.py")
     if not os.path.isfile(converter):
-        raise CheckpointError(f"--llamacpp-src {llamacpp_src!r}: no convert_hf_to_gguf.py there (give the llama.cpp "
-                              "source folder, e.g. llama-cpp-python's sdist vendor/llama.cpp)")
+        raise CheckpointError(f"--llamacpp-src {llamacpp_src!r}: no convert_hf_to_gguf.py there "
+                              "(give the llama.cpp source folder, "
+                              "e.g. llama-cpp-python's sdist vendor/llama.cpp)")
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llamacpp_") as folder:
         write_llama_folder(lm.llm, folder, torch.float32, lm.write_tokenizer)
         env = dict(os.environ, PYTHONPATH=os.path.join(llamacpp_src, "gguf-py"))  # the converter's own gguf
@@ -57,7 +58,8 @@ def score(path: str, lm: LanguageModel, windows: List[List[int]], reference_choi
     """Teacher-forced, one token per eval, by the loop that scores our decoder."""
     from llama_cpp import Llama
 
-    threads = threads or os.cpu_count()  # as onnxruntime's 0; llama-cpp-python's own default is half the cores
+    # as onnxruntime's 0; llama-cpp-python's own default is half the cores
+    threads = threads or os.cpu_count()
     model = Llama(model_path=path, n_ctx=max(len(w) for w in windows) + 1, n_threads=threads,
                   n_threads_batch=threads, logits_all=True, verbose=False)
 

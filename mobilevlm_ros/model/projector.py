@@ -85,7 +85,8 @@ class LDPBlock(nn.Module):
     def __init__(self, vision_width: int, hidden: int):
         super().__init__()
         # Identity at index 0 keeps the released parameter indices (mlp.1, mlp.3, mb_block.1, mb_block.2).
-        self.mlp = nn.Sequential(nn.Identity(), nn.Linear(vision_width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.mlp = nn.Sequential(nn.Identity(), nn.Linear(vision_width, hidden), nn.GELU(),
+                                 nn.Linear(hidden, hidden))
         self.mb_block = nn.Sequential(nn.Identity(), InvertedResidual(hidden, 1), InvertedResidual(hidden, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -62,15 +62,21 @@ CONFIGS = (
     Config("int4 block 32", "int4", {"block_size": 32}),
     Config("int4 block 32 asymmetric", "int4", {"block_size": 32, "is_symmetric": False}),
     Config("int4 block 32, accuracy level 1", "int4", {"block_size": 32, "accuracy_level": 1}),
-    Config("int4 block 32, lm_head int8", "int4", {"block_size": 32, "matmul_mixed_precision": "last_matmul:int8"}),
+    Config("int4 block 32, lm_head int8", "int4",
+           {"block_size": 32, "matmul_mixed_precision": "last_matmul:int8"}),
     Config("int4 block 32 asymmetric, lm_head int8", "int4",
            {"block_size": 32, "is_symmetric": False, "matmul_mixed_precision": "last_matmul:int8"}),
-    Config("int4 block 128, sensitive int8", "int4", {"block_size": 128, "matmul_mixed_precision": SENSITIVE_INT8}),
-    Config("int4 block 32, sensitive int8", "int4", {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
-    Config("int4 block 16, sensitive int8", "int4", {"block_size": 16, "matmul_mixed_precision": SENSITIVE_INT8}),
+    Config("int4 block 128, sensitive int8", "int4",
+           {"block_size": 128, "matmul_mixed_precision": SENSITIVE_INT8}),
+    Config("int4 block 32, sensitive int8", "int4",
+           {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
+    Config("int4 block 16, sensitive int8", "int4",
+           {"block_size": 16, "matmul_mixed_precision": SENSITIVE_INT8}),
     Config("int4 k-quant block 32", "int4", {"block_size": 32, "algo_config": "k_quant"}),
-    Config("int4 k-quant block 32, sensitive int8", "int4", {"block_size": 32, "algo_config": "k_quant_mixed"}),
-    Config("int4 k-quant block 16, sensitive int8", "int4", {"block_size": 16, "algo_config": "k_quant_mixed"}),
+    Config("int4 k-quant block 32, sensitive int8", "int4",
+           {"block_size": 32, "algo_config": "k_quant_mixed"}),
+    Config("int4 k-quant block 16, sensitive int8", "int4",
+           {"block_size": 16, "algo_config": "k_quant_mixed"}),
     # HQQ: onnxruntime's quantizer on the builder's fp32 graph (float zero points, see export.py).
     Config("int4 HQQ block 32", "int4", {"block_size": 32, "algo_config": "hqq"}),
 )
@@ -110,13 +116,15 @@ def load_language_model(src: str) -> LanguageModel:
             from .loader import load_language_model as load_mobilevlm_llm
 
             sp = Tokenizer(os.path.join(folder, "tokenizer.model"))
-            return LanguageModel(load_mobilevlm_llm(folder), lambda text: sp.encode(text, add_bos=False), sp.bos_id,
-                                 sentencepiece_tokenizer_writer(sp.path), src)
+            return LanguageModel(load_mobilevlm_llm(folder), lambda text: sp.encode(text, add_bos=False),
+                                 sp.bos_id, sentencepiece_tokenizer_writer(sp.path), src)
         llm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(folder)
     if llm.config.model_type != "llama":
-        raise CheckpointError(f"{src}: a {llm.config.model_type} model; the decoder exporter takes Llama models")
-    return LanguageModel(llm.eval().requires_grad_(False), lambda text: tok(text, add_special_tokens=False).input_ids,
+        raise CheckpointError(f"{src}: a {llm.config.model_type} model; "
+                              "the decoder exporter takes Llama models")
+    return LanguageModel(llm.eval().requires_grad_(False),
+                         lambda text: tok(text, add_special_tokens=False).input_ids,
                          tok.bos_token_id, tok.save_pretrained, src)
 
 
@@ -164,8 +172,9 @@ def _engine_manifest(folder: str, llm, decoder_io: dict, context: int) -> mf.Man
                                 "decoder_io": decoder_io})
 
 
-def score_teacher_forced(lm: LanguageModel, start: Callable[[int], np.ndarray], step: Callable[[int], np.ndarray],
-                         windows: List[List[int]], reference_choices: List[List[int]]) -> dict:
+def score_teacher_forced(lm: LanguageModel, start: Callable[[int], np.ndarray],
+                         step: Callable[[int], np.ndarray], windows: List[List[int]],
+                         reference_choices: List[List[int]]) -> dict:
     """Teacher-forced, one token per step: perplexity, agreement with the reference, decode speed.
     start(first_id) empties the engine's cache and returns the logits after that id; step(id) the
     logits after one more. Any engine (ours, llama.cpp) is scored by this one loop."""
@@ -182,7 +191,8 @@ def score_teacher_forced(lm: LanguageModel, start: Callable[[int], np.ndarray], 
                 logits = step(token)
                 step_s += time.perf_counter() - t0
                 steps += 1
-    return {"ppl": math.exp(nll / n), "agreement": agree / n, "decode_tok_s": steps / step_s if step_s else 0.0}
+    return {"ppl": math.exp(nll / n), "agreement": agree / n,
+            "decode_tok_s": steps / step_s if step_s else 0.0}
 
 
 def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, windows: List[List[int]],
@@ -224,12 +234,14 @@ def score_configs(lm: LanguageModel, windows: List[List[int]], reference: dict, 
                 rows.append(row)
                 continue
             row["build_s"] = time.time() - t0
-            row["bytes"] = sum(os.path.getsize(os.path.join(out, f)) for f in ("decoder.onnx", "decoder.onnx.data"))
+            row["bytes"] = sum(os.path.getsize(os.path.join(out, f))
+                               for f in ("decoder.onnx", "decoder.onnx.data"))
             row.update(score_engine(lm, decoder, embedding_table(lm.llm, config.precision), windows,
                                     reference["choices"]))
             del decoder
             log(f"{config.name}: ppl {row['ppl']:.3f} ({100 * (row['ppl'] / reference['ppl'] - 1):+.1f}%), "
-                f"agreement {row['agreement']:.3f}, {row['bytes'] / 2**20:.0f} MB, {row['decode_tok_s']:.0f} tok/s")
+                f"agreement {row['agreement']:.3f}, {row['bytes'] / 2**20:.0f} MB, "
+                f"{row['decode_tok_s']:.0f} tok/s")
             rows.append(row)
     return rows
 

@@ -164,13 +164,15 @@ def _raw_view(msg: Any) -> tuple:
     _check_pixels(width, height, what)
     row = width * channels * item
     if step < row:
-        raise ImageError(f"{what}: step {step} is smaller than a row ({width} x {channels * item} = {row} bytes)")
+        raise ImageError(f"{what}: step {step} is smaller than a row "
+                         f"({width} x {channels * item} = {row} bytes)")
     if encoding in _YUV422 and width % 2:
         raise ImageError(f"{what}: odd width; YUV 4:2:2 packs pixels in pairs and needs an even width")
     buf = _as_bytes_array(msg.data, what)
     need = step * height
     if buf.size < need:
-        raise ImageError(f"{what}: data truncated ({buf.size} bytes, step {step} x height {height} = {need} expected)")
+        raise ImageError(f"{what}: data truncated "
+                         f"({buf.size} bytes, step {step} x height {height} = {need} expected)")
     return encoding, layout, width, height, step, buf
 
 
@@ -264,7 +266,8 @@ def compressed_imgmsg_to_rgb(msg: Any) -> np.ndarray:
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
-        raise ImageError(f"{what}: cannot decode {buf.size} bytes ({str(e).strip().splitlines()[-1]})") from None
+        raise ImageError(f"{what}: cannot decode {buf.size} bytes "
+                         f"({str(e).strip().splitlines()[-1]})") from None
     if img is None or img.size == 0:
         raise ImageError(f"{what}: cannot decode {buf.size} bytes (corrupt, or not JPEG/PNG)")
     if img.dtype == np.uint16:

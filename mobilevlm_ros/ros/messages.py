@@ -8,8 +8,9 @@ from ..runtime.types import Timings as RuntimeTimings
 
 
 def timings_msg(t: RuntimeTimings) -> Timings:
-    return Timings(queue_s=float(max(t.queue_s, 0.0)), preprocess_s=float(t.preprocess_s), vision_s=float(t.vision_s),
-                   prefill_s=float(t.prefill_s), decode_s=float(t.decode_s), total_s=float(t.total_s),
+    return Timings(queue_s=float(max(t.queue_s, 0.0)), preprocess_s=float(t.preprocess_s),
+                   vision_s=float(t.vision_s), prefill_s=float(t.prefill_s), decode_s=float(t.decode_s),
+                   total_s=float(t.total_s),
                    prompt_tokens=int(t.prompt_tokens), new_tokens=int(t.new_tokens),
                    decode_tokens_per_s=float(t.decode_tokens_per_s))
 
@@ -29,4 +30,5 @@ def answer_msg(answer: Answer, header, camera: str, model_id: str) -> GroundedAn
     w, h = answer.image_size or (0, 0)
     return GroundedAnswer(header=header, camera=camera, question=answer.prompt, text=answer.text,
                           boxes=[box_msg(b) for b in answer.boxes], image_width=int(w), image_height=int(h),
-                          model_id=model_id, finish_reason=answer.finish_reason, timings=timings_msg(answer.timings))
+                          model_id=model_id, finish_reason=answer.finish_reason,
+                          timings=timings_msg(answer.timings))

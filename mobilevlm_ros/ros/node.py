@@ -27,16 +27,22 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from . import params as P
 from ..action import Ask as AskAction
-from .annotate import draw_answer
-from .bridge import check_compressed_imgmsg, check_imgmsg, compressed_imgmsg_to_rgb, imgmsg_to_rgb, rgb_to_imgmsg
-from .messages import answer_msg, caption_msg
 from ..msg import Caption
 from ..runtime.errors import ImageError, PromptError, VLMError
 from ..runtime.generation import MAX_TEMPERATURE
 from ..runtime.prompt import check_question
 from ..srv import Ask as AskService
+from . import params as P
+from .annotate import draw_answer
+from .bridge import (
+    check_compressed_imgmsg,
+    check_imgmsg,
+    compressed_imgmsg_to_rgb,
+    imgmsg_to_rgb,
+    rgb_to_imgmsg,
+)
+from .messages import answer_msg, caption_msg
 from .share import share_path
 from .worker import Frame, Job, Worker
 
@@ -58,7 +64,8 @@ def _descriptor(p: P.Param) -> ParameterDescriptor:
         if isinstance(p.default, int) and not isinstance(p.default, bool):
             d.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]), step=1)]
         else:
-            d.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]), to_value=float(p.range[1]))]
+            d.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]),
+                                                         to_value=float(p.range[1]))]
     return d
 
 
@@ -116,7 +123,8 @@ class VLMNode(LifecycleNode):
 
     def _values(self, pending: Optional[dict] = None) -> dict:
         """Every parameter's value, with `pending` (a set-parameters call not applied yet) on top."""
-        return {p.name: (pending[p.name] if pending and p.name in pending else self._p(p.name)) for p in P.PARAMS}
+        return {p.name: (pending[p.name] if pending and p.name in pending else self._p(p.name))
+                for p in P.PARAMS}
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
         for c in changes:
@@ -187,7 +195,8 @@ class VLMNode(LifecycleNode):
         self._action = ActionServer(self, AskAction, "~/ask", execute_callback=self._execute_ask,
                                     goal_callback=lambda goal: GoalResponse.ACCEPT,
                                     cancel_callback=self._cancel_ask, callback_group=self._group,
-                                    goal_service_qos_profile=REQUEST_QOS, result_service_qos_profile=REQUEST_QOS,
+                                    goal_service_qos_profile=REQUEST_QOS,
+                                    result_service_qos_profile=REQUEST_QOS,
                                     cancel_service_qos_profile=REQUEST_QOS, result_timeout=RESULT_TIMEOUT_S)
         self._state = "inactive"
         self.get_logger().info(f"engine {engine} loaded ({self.model_id}, {self.vlm.manifest.precision}, "
@@ -215,7 +224,8 @@ class VLMNode(LifecycleNode):
         self.worker.start()
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
         self._state = "active"
-        self.get_logger().info(f"active: cameras {[c for c, _ in pairs]}, captions at {self._p('caption_rate_hz')} Hz")
+        self.get_logger().info(f"active: cameras {[c for c, _ in pairs]}, "
+                               f"captions at {self._p('caption_rate_hz')} Hz")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -306,7 +316,8 @@ class VLMNode(LifecycleNode):
             if frame is None:
                 raise VLMError(f"no frame from camera '{camera}' yet")
         if math.isnan(request.temperature):  # NaN < 0 is false too: it must not pass for "the default"
-            raise ValueError(f"temperature is NaN; give 0..{MAX_TEMPERATURE:g}, or < 0 for the node's temperature")
+            raise ValueError(f"temperature is NaN; give 0..{MAX_TEMPERATURE:g}, "
+                             "or < 0 for the node's temperature")
         # Ask's conventions: max_new_tokens 0 and temperature < 0 mean "the node's parameter".
         params = P.generation_params(self._values(), max_new_tokens=request.max_new_tokens or None,
                                      temperature=request.temperature if request.temperature >= 0 else None)
@@ -397,13 +408,14 @@ class VLMNode(LifecycleNode):
                 stale.append(cam)
         t = snap.last_timings
         if t is not None:
-            values.update({"last_latency_s": f"{t.total_s:.3f}", "last_decode_tokens_per_s": f"{t.decode_tokens_per_s:.1f}",
+            values.update({"last_latency_s": f"{t.total_s:.3f}",
+                           "last_decode_tokens_per_s": f"{t.decode_tokens_per_s:.1f}",
                            "last_vision_s": f"{t.vision_s:.3f}", "last_prefill_s": f"{t.prefill_s:.3f}"})
         level, message = DiagnosticStatus.OK, "running"
         if stale:
             level, message = DiagnosticStatus.WARN, f"no frames yet from {', '.join(stale)}"
-        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: inference", message=message,
-                                  hardware_id=self.vlm.backend,
+        status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: inference",
+                                  message=message, hardware_id=self.vlm.backend,
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()

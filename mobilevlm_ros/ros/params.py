@@ -37,7 +37,8 @@ def _camera_names(v: Any) -> str:
     if len(set(v)) != len(v):
         return "camera names must be unique"
     bad = [c for c in v if not CAMERA_NAME.match(c)]
-    return f"invalid camera name(s) {bad}: letters, digits, '_' and '/' only, starting with a letter" if bad else ""
+    return (f"invalid camera name(s) {bad}: letters, digits, '_' and '/' only, starting with a letter"
+            if bad else "")
 
 
 def _transports(v: Any) -> str:
@@ -78,16 +79,20 @@ PARAMS = (
           check=_transports),
     Param("qos_reliability", "best_effort", "camera subscriptions: best_effort (sensor data) or reliable",
           check=_one_of(*RELIABILITIES)),
-    Param("qos_depth", 1, "camera subscription queue depth (the node keeps only the newest frame anyway)", (1, 100)),
-    Param("caption_rate_hz", 0.5, "captions per second and camera; 0: no periodic captions", (0.0, 30.0), True),
+    Param("qos_depth", 1, "camera subscription queue depth (the node keeps only the newest frame anyway)",
+          (1, 100)),
+    Param("caption_rate_hz", 0.5, "captions per second and camera; 0: no periodic captions",
+          (0.0, 30.0), True),
     Param("caption_prompt", DEFAULT_CAPTION_QUESTION, "the question a caption answers", None, True,
           check=_question),
     Param("max_new_tokens", 64, "answer length limit in tokens (a request may ask for less or more); with "
-                                "caption_prompt it must fit the engine's context", (1, MAX_NEW_TOKENS_LIMIT), True),
+                                "caption_prompt it must fit the engine's context",
+          (1, MAX_NEW_TOKENS_LIMIT), True),
     Param("temperature", 0.0, "sampling temperature; 0: greedy, as the model was evaluated",
           (0.0, MAX_TEMPERATURE), True),
     Param("top_p", 1.0, "nucleus sampling mass (with temperature > 0)", (0.01, 1.0), True),
-    Param("max_queue", 2, "questions that may wait while one is answered; more are refused as busy", (0, 8), True),
+    Param("max_queue", 2, "questions that may wait while one is answered; more are refused as busy",
+          (0, 8), True),
     Param("diagnostics_period_s", 1.0, "how often /diagnostics is published", (0.1, 60.0)),
     Param("autostart", True, "configure and activate at start-up (a lifecycle manager can do it instead)"),
 )

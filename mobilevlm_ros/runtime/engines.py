@@ -43,9 +43,11 @@ class VisionEngine:
         out = self.session.get_outputs()[0]
         m = manifest.model
         expected = [None, m["image_tokens"], m["hidden_size"]]
-        if len(out.shape) != 3 or any(isinstance(d, int) and d != e for d, e in zip(out.shape[1:], expected[1:])):
-            raise EngineError(f"engine file {manifest.files['vision']['path']}: output {out.shape} does not match "
-                              f"the manifest ({m['image_tokens']} tokens x {m['hidden_size']})")
+        if len(out.shape) != 3 or any(isinstance(d, int) and d != e
+                                      for d, e in zip(out.shape[1:], expected[1:])):
+            raise EngineError(f"engine file {manifest.files['vision']['path']}: output {out.shape} "
+                              "does not match the manifest "
+                              f"({m['image_tokens']} tokens x {m['hidden_size']})")
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         out = run_session(self.session, self.file, lambda: self.session.run(None, {self.input: pixels}))
@@ -60,8 +62,8 @@ class DecoderEngine:
         self.file = manifest.files["decoder"]["path"]
         if m["head_dim"] % HEAD_DIM_MULTIPLE:
             raise EngineError(f"engine file {self.file}: head_dim {m['head_dim']} is not a multiple of "
-                              f"{HEAD_DIM_MULTIPLE}, which onnxruntime's GroupQueryAttention needs; this model "
-                              "cannot run here (mobilevlm-export refuses such models)")
+                              f"{HEAD_DIM_MULTIPLE}, which onnxruntime's GroupQueryAttention needs; "
+                              "this model cannot run here (mobilevlm-export refuses such models)")
         self.session = make_session(manifest.path("decoder"), providers, threads)
         self.hidden = m["hidden_size"]
         self.vocab = m["vocab_size"]
@@ -73,26 +75,30 @@ class DecoderEngine:
         self.past = [(io["past_key"] % i, io["past_value"] % i) for i in range(layers)]
         self.present = [(io["present_key"] % i, io["present_value"] % i) for i in range(layers)]
         expected_in = [io["inputs_embeds"], io["attention_mask"]] + [n for kv in self.past for n in kv]
-        missing = [n for n in expected_in if n not in inputs] + [n for kv in self.present for n in kv if n not in outputs]
+        missing = ([n for n in expected_in if n not in inputs]
+                   + [n for kv in self.present for n in kv if n not in outputs])
         if missing or io["logits"] not in outputs:
             raise EngineError(f"engine file {self.file}: graph lacks {', '.join(missing) or io['logits']} "
                               "(does not match the manifest); re-run mobilevlm-export")
         if inputs[io["inputs_embeds"]].shape[-1] != self.hidden:
-            raise EngineError(f"engine file {self.file}: inputs_embeds width {inputs[io['inputs_embeds']].shape[-1]}, "
+            raise EngineError(f"engine file {self.file}: "
+                              f"inputs_embeds width {inputs[io['inputs_embeds']].shape[-1]}, "
                               f"manifest says {self.hidden}; re-run mobilevlm-export")
         self.embed_dtype = self._dtype(inputs[io["inputs_embeds"]])
         kv_heads = inputs[self.past[0][0]].shape[1]
         if isinstance(kv_heads, int) and kv_heads != m["num_kv_heads"]:
-            raise EngineError(f"engine file {self.file}: {kv_heads} KV heads, manifest says {m['num_kv_heads']}; "
-                              "re-run mobilevlm-export")
+            raise EngineError(f"engine file {self.file}: {kv_heads} KV heads, "
+                              f"manifest says {m['num_kv_heads']}; re-run mobilevlm-export")
         kv_dtype = self._dtype(inputs[self.past[0][0]])
         logits_dtype = self._dtype(outputs[io["logits"]])
 
         on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
         shape = (1, m["num_kv_heads"], self.max_length, m["head_dim"])
-        self.kv_bytes_per_position = 2 * layers * m["num_kv_heads"] * m["head_dim"] * np.dtype(kv_dtype).itemsize
+        self.kv_bytes_per_position = (2 * layers * m["num_kv_heads"] * m["head_dim"]
+                                      * np.dtype(kv_dtype).itemsize)
         if on_gpu:
-            self.kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, "cuda", 0) for _ in range(2 * layers)]
+            self.kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, "cuda", 0)
+                       for _ in range(2 * layers)]
         else:
             # np.zeros maps pages lazily: only positions actually written count towards memory.
             self._kv_host = [np.zeros(shape, kv_dtype) for _ in range(2 * layers)]
@@ -106,7 +112,8 @@ class DecoderEngine:
             self.binding.bind_ortvalue_input(pv, self.kv[i + 1])
             self.binding.bind_ortvalue_output(ok, self.kv[i])
             self.binding.bind_ortvalue_output(ov, self.kv[i + 1])
-        self.binding.bind_output(io["logits"], "cpu", 0, logits_dtype, list(self.logits.shape), self.logits.ctypes.data)
+        self.binding.bind_output(io["logits"], "cpu", 0, logits_dtype, list(self.logits.shape),
+                                 self.logits.ctypes.data)
         self.length = 0  # positions filled in the cache
 
     def _dtype(self, arg) -> type:
@@ -128,7 +135,8 @@ class DecoderEngine:
             raise PromptError(f"context full: {total} positions needed, the engine holds {self.max_length}")
         self.embeds[:n] = embeds
         io = self.binding
-        io.bind_input(self.names["inputs_embeds"], "cpu", 0, self.embed_dtype, [1, n, self.hidden], self.embeds.ctypes.data)
+        io.bind_input(self.names["inputs_embeds"], "cpu", 0, self.embed_dtype, [1, n, self.hidden],
+                      self.embeds.ctypes.data)
         io.bind_input(self.names["attention_mask"], "cpu", 0, np.int64, [1, total], self.mask.ctypes.data)
         run_session(self.session, self.file, lambda: self.session.run_with_iobinding(io))
         self.length = total

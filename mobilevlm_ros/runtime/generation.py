@@ -41,7 +41,8 @@ class GenerationParams:
 
     def validate(self) -> "GenerationParams":
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise ValueError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}")
+            raise ValueError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS_LIMIT}, "
+                             f"got {self.max_new_tokens}")
         if not 0.0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails this too
             raise ValueError(f"temperature must be in 0..{MAX_TEMPERATURE:g}, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -90,9 +91,9 @@ class Generator:
     `timings` (decode_s, new_tokens) is updated as it goes.
     """
 
-    def __init__(self, decoder: DecoderEngine, table: np.ndarray, tokenizer: Tokenizer, prefill_logits: np.ndarray,
-                 params: GenerationParams, cancel: Optional[threading.Event] = None,
-                 timings: Optional[Timings] = None):
+    def __init__(self, decoder: DecoderEngine, table: np.ndarray, tokenizer: Tokenizer,
+                 prefill_logits: np.ndarray, params: GenerationParams,
+                 cancel: Optional[threading.Event] = None, timings: Optional[Timings] = None):
         self.decoder = decoder
         self.table = table
         self.tokenizer = tokenizer

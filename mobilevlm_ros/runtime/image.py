@@ -50,7 +50,8 @@ class PadGeometry:
 
 
 def pad_geometry(width: int, height: int) -> PadGeometry:
-    """The reference `expand2square` placement: side = max(w, h), image pasted at ((side-w)//2, (side-h)//2)."""
+    """The reference `expand2square` placement: side = max(w, h), image pasted at
+    ((side-w)//2, (side-h)//2)."""
     if width <= 0 or height <= 0:
         raise ImageError(f"image has zero size ({width}x{height})")
     side = max(width, height)
@@ -58,7 +59,8 @@ def pad_geometry(width: int, height: int) -> PadGeometry:
 
 
 def mean_fill(mean: Sequence[float] = CLIP_MEAN) -> Tuple[int, int, int]:
-    """Canvas colour of the reference: `tuple(int(x * 255) for x in image_mean)` (truncates: (122, 116, 104))."""
+    """Canvas colour of the reference: `tuple(int(x * 255) for x in image_mean)`
+    (truncates: (122, 116, 104))."""
     return tuple(int(m * 255) for m in mean)  # type: ignore[return-value]
 
 

@@ -1,6 +1,7 @@
 """mobilevlm-demo-bag: record a demo bag from the scene world.
 
-  mobilevlm-demo-bag OUT_BAG [--frames 12] [--fps 2] [--camera front] [--seed 20000000] [--storage sqlite3|mcap]
+  mobilevlm-demo-bag OUT_BAG [--frames 12] [--fps 2] [--camera front] [--seed 20000000]
+                     [--storage sqlite3|mcap]
 
 Topics: /<camera>/image_raw (sensor_msgs/Image, rgb8 frames of the generated world),
 /<camera>/ground_truth (std_msgs/String, JSON: the frame's objects with pixel boxes, same stamp),
@@ -47,7 +48,8 @@ def record(out: str, frames: int = 12, fps: float = 2.0, camera: str = "front", 
                 asks.append({"question": scenes.grounding_question(phrase), "phrase": phrase,
                              "truth": {"box": list(obj.box)}})
             if i % 3 == 0:
-                asks.append({"question": scenes.count_question(), "truth": {"answer": scenes.count_answer(scene)}})
+                asks.append({"question": scenes.count_question(),
+                             "truth": {"answer": scenes.count_answer(scene)}})
             for k, q in enumerate(asks):
                 q.update(camera=camera)
                 bag.write(bags.QUESTIONS_TOPIC, "std_msgs/msg/String", t + 1000 + k,
@@ -61,7 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=12)
     p.add_argument("--fps", type=float, default=2.0)
     p.add_argument("--camera", default="front")
-    p.add_argument("--seed", type=int, default=20_000_000, help="first scene seed (training used other seeds)")
+    p.add_argument("--seed", type=int, default=20_000_000,
+                   help="first scene seed (training used other seeds)")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
     a = p.parse_args(argv)
     try:
