@@ -52,7 +52,9 @@ demo: setup
 		--out $(BUILD)/demo_out --overwrite --frames-png $(BUILD)/demo_annotated.png
 	@echo "annotated frames: $(BUILD)/demo_annotated.png   output bag: $(BUILD)/demo_out"
 
+# Lint first (ruff.toml: pyflakes, pycodestyle at 110 columns, import order; Python 3.10), then the suite.
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q test
 
 # The runtime's ARM CPU path under qemu user-mode emulation (scripts/test_arm.sh): an arm64 Debian

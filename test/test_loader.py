@@ -108,6 +108,9 @@ def test_unknown_projector_and_missing_folder_are_clear(tmp_path):
                           num_attention_heads=4), "openai/clip-vit-large-patch14-336", 1024)
     with pytest.raises(CheckpointError, match="mm_projector_type 'mlp2x_gelu'"):
         MobileVLMConfig.from_dict(raw)
+    raw.update(mm_projector_type="ldpnetv2", image_aspect_ratio="anyres")
+    with pytest.raises(CheckpointError, match="image_aspect_ratio 'anyres' is not supported"):
+        MobileVLMConfig.from_dict(raw)
     with pytest.raises(CheckpointError, match="no such folder"):
         load_checkpoint(str(tmp_path / "nope"))
     bad = tmp_path / "bad"

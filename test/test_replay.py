@@ -29,6 +29,11 @@ def _frames(bag):
     return [bags.deserialize(t, raw) for topic, t, _, raw in bags.read(bag) if t == "sensor_msgs/msg/Image"]
 
 
+def test_bags_read_of_no_topics_reads_nothing():
+    assert list(bags.read(DEMO_BAG, set())) == []
+    assert len(list(bags.read(DEMO_BAG, {bags.QUESTIONS_TOPIC}))) > 0
+
+
 def test_demo_bag_is_reproducible_and_carries_truth(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     record(a, frames=3, seed=5)

@@ -163,10 +163,6 @@ class TextCodec:
             self._cache[q] = ids[len(self.head) + 1:]
         return self._cache[q]
 
-    def later_question(self, q: str) -> List[int]:
-        """A question after an earlier turn: 'USER: {q} ASSISTANT:' (the previous answer ended with </s>)."""
-        return self.tok.encode(f"USER: {q} ASSISTANT:", add_bos=False)
-
     def answer(self, a: str) -> List[int]:
         return self.tok.encode(a, add_bos=False) + [self.tok.eos_id]
 

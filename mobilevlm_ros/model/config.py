@@ -44,7 +44,6 @@ class MobileVLMConfig:
     vision_tower: str  # hub id or folder, as config.json names it
     select_layer: int = -2
     select_feature: str = "patch"
-    image_aspect_ratio: str = "pad"
     raw: dict = field(default_factory=dict)  # config.json as read
 
     @property
@@ -73,6 +72,10 @@ class MobileVLMConfig:
                 f"config.json: mm_projector_type {projector!r} is not a MobileVLM projector "
                 f"(expected one of {', '.join(PROJECTORS)})"
             )
+        aspect = raw.get("image_aspect_ratio", "pad")
+        if aspect != "pad":  # the runtime's preprocessing pads to a square, as MobileVLM was trained
+            raise CheckpointError(f"config.json: image_aspect_ratio {aspect!r} is not supported; MobileVLM "
+                                  "checkpoints use 'pad', the only preprocessing the runtime has")
         tower = raw.get("mm_vision_tower", CLIP_L14_336)
         if vision is None:
             if tower != CLIP_L14_336:
@@ -94,7 +97,6 @@ class MobileVLMConfig:
             vision_tower=tower,
             select_layer=raw.get("mm_vision_select_layer", -2),
             select_feature=raw.get("mm_vision_select_feature", "patch"),
-            image_aspect_ratio=raw.get("image_aspect_ratio", "pad"),
             raw=raw,
         )
 

@@ -99,18 +99,13 @@ def _outputs(bag: str) -> tuple:
     """A run's captions by (camera, stamp) and answers by (question, stamp), whatever their topics."""
     wanted = {t for t, ty in bags.topics(bag).items() if ty in (CAPTION_TYPE, ANSWER_TYPE)}
     captions, answers = {}, {}
-    for _, msgtype, _, raw in _read(bag, wanted):
+    for _, msgtype, _, raw in bags.read(bag, wanted):
         m = bags.deserialize(msgtype, raw)
         if msgtype == CAPTION_TYPE:
             captions[(m.camera, stamp_ns(m.header))] = m
         else:
             answers[(m.question, stamp_ns(m.header))] = m
     return captions, answers
-
-
-def _read(bag: str, topics: set):
-    """bags.read of `topics` only: given no topic at all, bags.read (rosbags) reads every one."""
-    return bags.read(bag, topics) if topics else iter(())
 
 
 # -- the annotated frames as one picture ----------------------------------------------------------
@@ -122,7 +117,7 @@ def write_strip(bag: str, png: str, columns: int = 4, limit: int = 16) -> str:
     from .bridge import imgmsg_to_rgb
 
     topics = {t for t, ty in bags.topics(bag).items() if ty == IMAGE_TYPE and t.endswith("/annotated")}
-    frames = [imgmsg_to_rgb(bags.deserialize(t, raw)) for _, t, _, raw in _read(bag, topics)][:limit]
+    frames = [imgmsg_to_rgb(bags.deserialize(t, raw)) for _, t, _, raw in bags.read(bag, topics)][:limit]
     if not frames:
         raise ValueError(f"{bag}: no annotated frames recorded")
     h, w = frames[0].shape[:2]

@@ -20,6 +20,3 @@ class PromptError(VLMError):
 class CheckpointError(VLMError):
     """A checkpoint folder is missing files or holds tensors we cannot place."""
 
-
-class Cancelled(VLMError):
-    """Generation was cancelled between tokens."""

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from ..runtime.sessions import BACKENDS
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-caption", description=__doc__.split("\n\n")[0])
@@ -21,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "tensorrt"])
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--json", action="store_true", help="print text, boxes in pixels and timings as JSON")
     a = p.parse_args(argv)

@@ -1,0 +1,55 @@
+"""Each layer imports without the layers above it (ARCHITECTURE.md):
+
+    runtime   numpy, onnxruntime, sentencepiece, Pillow: no ROS, no torch, nothing of ours above it
+    demo      the scene world: the runtime and OpenCV
+    ros       the node, worker, bridge, bags, replay: rclpy and the runtime, never torch
+    model     the export side: torch and the runtime, no ROS
+    tools     console entry points: they import their layer when they run, so even the export
+              and ROS tools load (and print --help) without torch or rclpy
+The demo trainer (training/, torch) is not part of the package: nothing in it may import it.
+Every module of a layer is imported in a fresh interpreter where the forbidden modules fail to import.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+ABOVE_RUNTIME = ["mobilevlm_ros.ros", "mobilevlm_ros.model", "mobilevlm_ros.tools", "mobilevlm_ros.demo",
+                 "training"]
+LAYERS = {
+    "mobilevlm_ros.runtime": ["rclpy", "torch", "transformers", "cv2", *ABOVE_RUNTIME],
+    "mobilevlm_ros.demo": ["rclpy", "torch", "transformers", "mobilevlm_ros.ros", "mobilevlm_ros.model",
+                           "mobilevlm_ros.tools", "training"],
+    "mobilevlm_ros.ros": ["torch", "transformers", "mobilevlm_ros.model", "mobilevlm_ros.tools", "training"],
+    "mobilevlm_ros.model": ["rclpy", "mobilevlm_ros.ros", "mobilevlm_ros.tools", "training"],
+    "mobilevlm_ros.tools": ["rclpy", "torch", "transformers", "training"],
+}
+
+PROBE = """
+import importlib, pkgutil, sys
+layer, blocked = sys.argv[1], sys.argv[2:]
+for name in blocked:
+    sys.modules[name] = None  # importing it (or anything under it) now raises ImportError
+package = importlib.import_module(layer)
+names = [m.name for m in pkgutil.walk_packages(package.__path__, layer + ".")]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_layer_imports_without_the_layers_above_it(layer):
+    r = subprocess.run([sys.executable, "-c", PROBE, layer, *LAYERS[layer]], capture_output=True, text=True)
+    assert r.returncode == 0, f"{layer} imports something it must not:\n{r.stderr[-1500:]}"
+    assert int(r.stdout.split()[-1]) >= 2  # it really walked the layer's modules
+
+
+def test_the_probe_catches_a_forbidden_import():
+    """A layer that does import a blocked module fails the probe (torch from the export side)."""
+    r = subprocess.run([sys.executable, "-c", PROBE, "mobilevlm_ros.model", "torch"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "torch" in r.stderr
