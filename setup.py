@@ -1,11 +1,13 @@
-"""mobilevlm_ros: pip install of the Python package (on a ROS install, colcon builds it with CMakeLists.txt)."""
+"""mobilevlm_ros: pip install of the Python package (on a ROS install, colcon builds it with
+CMakeLists.txt)."""
 
 from setuptools import find_packages, setup
 
 setup(
     name="mobilevlm_ros",
     version="0.1.0",
-    description="MobileVLM (V1/V2) on a robot: ONNX Runtime / TensorRT engines, captions and grounded answers",
+    description="MobileVLM (V1/V2) on a robot: ONNX Runtime / TensorRT engines, captions and grounded "
+                "answers",
     license="Apache-2.0",
     packages=find_packages(include=["mobilevlm_ros", "mobilevlm_ros.*"]),
     # Explicit root: makes `pip install -e .` a plain path entry (the repository root on sys.path)
@@ -14,8 +16,10 @@ setup(
     # pkgutil.extend_path, which only sees folders on sys.path.
     package_dir={"": "."},
     python_requires=">=3.10",
-    # Robot side: no torch. onnxruntime comes from an extra because Jetson uses NVIDIA's onnxruntime-gpu wheel.
-    install_requires=["numpy>=1.24", "sentencepiece>=0.2", "pillow>=10", "opencv-python-headless>=4.8", "psutil>=5"],
+    # Robot side: no torch. onnxruntime comes from an extra because Jetson uses NVIDIA's
+    # onnxruntime-gpu wheel.
+    install_requires=["numpy>=1.24", "sentencepiece>=0.2", "pillow>=10", "opencv-python-headless>=4.8",
+                      "psutil>=5"],
     extras_require={
         "cpu": ["onnxruntime==1.32.0"],
         # Export side (the machine that turns checkpoints into engines). torch is pinned: any
@@ -30,11 +34,13 @@ setup(
             "onnxruntime-genai==0.18.0",
             "huggingface-hub>=0.30",
             "protobuf>=4",
-            # mobilevlm-quality: transformers reads .gguf checkpoints (real trained weights offline) with these.
+            # mobilevlm-quality: transformers reads .gguf checkpoints (real trained weights offline)
+            # with these.
             "gguf==0.19.0",
             "accelerate==1.15.0",
         ],
-        "test": ["pytest>=8"],
+        # ruff pinned: `make test` lints with it, and its rules change between releases.
+        "test": ["pytest>=8", "ruff==0.17.6"],
     },
     entry_points={
         "console_scripts": [

@@ -69,7 +69,8 @@ def test_the_prompt_follows_the_manifests_template(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("edit, needle", [
-    (lambda d: d["model"].update(template="chatml"), "model.template: 'chatml' is not one of v1; re-run mobilevlm-export"),
+    (lambda d: d["model"].update(template="chatml"),
+     "model.template: 'chatml' is not one of v1; re-run mobilevlm-export"),
     (lambda d: d.update(precision="int3"), "precision 'int3' is not one of fp32, fp16, int8, int4; re-run"),
     (lambda d: d.pop("precision"), "precision None is not one of"),
 ])

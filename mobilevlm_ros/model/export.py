@@ -51,12 +51,13 @@ def check_runnable(cfg: MobileVLMConfig) -> None:
     """Refuse, before any work, a model whose decoder the runtime's attention kernel cannot run."""
     hidden, heads = cfg.llm["hidden_size"], cfg.llm["num_attention_heads"]
     if hidden % heads:
-        raise CheckpointError(f"config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+        raise CheckpointError(f"config.json: hidden_size {hidden} is not a multiple of "
+                              f"num_attention_heads {heads}")
     if (hidden // heads) % HEAD_DIM_MULTIPLE:
         raise CheckpointError(
-            f"config.json: head_dim {hidden // heads} (hidden_size {hidden} / {heads} heads) is not a multiple of "
-            f"{HEAD_DIM_MULTIPLE}: onnxruntime's GroupQueryAttention, which the decoder runs on, cannot run it "
-            "(MobileVLM's head_dims are 128 and 80)")
+            f"config.json: head_dim {hidden // heads} (hidden_size {hidden} / {heads} heads) is not a "
+            f"multiple of {HEAD_DIM_MULTIPLE}: onnxruntime's GroupQueryAttention, which the decoder runs on, "
+            "cannot run it (MobileVLM's head_dims are 128 and 80)")
 
 
 def export_vision(model: MobileVLM, path: str) -> None:
@@ -98,7 +99,8 @@ def vision_to_fp16(path: str) -> None:
 def write_llama_folder(llm, folder: str, dtype: torch.dtype, write_tokenizer: Callable[[str], None]) -> None:
     """A LlamaForCausalLM as a plain Hugging Face folder: what the genai builder reads."""
     cfg = llm.config.to_dict()
-    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"], torch_dtype=str(dtype).replace("torch.", ""))
+    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"],
+               torch_dtype=str(dtype).replace("torch.", ""))
     # The tensors written are plain dtype ones: a source's quantization (e.g. GGUF, which transformers
     # de-quantized on load) must not send the builder to its quantized-model loaders.
     cfg.pop("quantization_config", None)
@@ -176,7 +178,8 @@ def quantize_decoder_hqq(fp32_graph: str, out: str, precision: str, quant: Dict[
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
+    # a line per node
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     bits = {"int4": 4, "int8": 8}[precision]
     config = HQQWeightOnlyQuantConfig(block_size=int(quant.get("block_size", 128)), bits=bits)
     quantizer = MatMulNBitsQuantizer(onnx.load(fp32_graph), algo_config=config)
@@ -191,11 +194,13 @@ def weights_dtype(precision: str) -> torch.dtype:
 
 def embedding_table(llm, precision: str) -> np.ndarray:
     """The token-embedding table the runtime gathers from: fp32 for fp32 engines, else fp16."""
-    return llm.get_input_embeddings().weight.detach().numpy().astype(np.float32 if precision == "fp32" else np.float16)
+    return (llm.get_input_embeddings().weight.detach().numpy()
+            .astype(np.float32 if precision == "fp32" else np.float16))
 
 
 def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vision_tower: str = None,
-           model_id: str = "", block_size: int = 0, quant: Optional[Dict[str, object]] = None, log=print) -> str:
+           model_id: str = "", block_size: int = 0, quant: Optional[Dict[str, object]] = None,
+           log=print) -> str:
     """Write an engine directory for `src`. quant: the builder's quantization options (None: the
     precision's DEFAULT_QUANT); block_size, when not 0, replaces its block size."""
     if precision not in PRECISIONS:
@@ -234,7 +239,8 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     if block_size:
         quant["block_size"] = block_size
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as llama:
-        write_llama_folder(model.llm, llama, weights_dtype(precision), sentencepiece_tokenizer_writer(tokenizer_src))
+        write_llama_folder(model.llm, llama, weights_dtype(precision),
+                           sentencepiece_tokenizer_writer(tokenizer_src))
         decoder_io = build_decoder(llama, out, precision, target, quant)
     log(f"decoder ({precision}, {target}) in {time.time() - t0:.1f}s")
 

@@ -43,7 +43,8 @@ def resolve(src: str) -> str:
             src, allow_patterns=["*.json", "*.safetensors", "*.bin", "tokenizer.model"]
         )
     except Exception as e:  # offline, unknown repo, ...
-        raise CheckpointError(f"{src}: not a local folder and the hub could not provide it ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{src}: not a local folder and the hub could not provide it "
+                              f"({type(e).__name__}: {e})") from e
 
 
 def read_tensors(folder: str) -> Dict[str, torch.Tensor]:
@@ -128,9 +129,11 @@ def load_checkpoint(src: str, vision_tower: Optional[str] = None, dtype=torch.fl
                 unexpected.append(k)
             continue
         if tuple(v.shape) != tuple(ours[target].shape):
-            raise CheckpointError(f"{k}: shape {tuple(v.shape)} does not match the config's {tuple(ours[target].shape)}")
+            raise CheckpointError(f"{k}: shape {tuple(v.shape)} does not match the config's "
+                                  f"{tuple(ours[target].shape)}")
         state[target] = v.to(dtype)
-    if config.llm["tie_word_embeddings"] and "llm.lm_head.weight" not in state and "llm.model.embed_tokens.weight" in state:
+    if (config.llm["tie_word_embeddings"] and "llm.lm_head.weight" not in state
+            and "llm.model.embed_tokens.weight" in state):
         state["llm.lm_head.weight"] = state["llm.model.embed_tokens.weight"]  # tied: stored once
     inverse = {v: k for k, v in names.items()}
     missing = [inverse[k] for k in ours if k not in state]
@@ -156,7 +159,8 @@ def load_language_model(src: str, dtype=torch.float32):
         llm = LlamaForCausalLM(LlamaConfig(**llama_kwargs(json.load(f))))
     ours = llm.state_dict()
     state = {k: v.to(dtype) for k, v in read_tensors(folder).items() if k in ours}
-    if llm.config.tie_word_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+    if (llm.config.tie_word_embeddings and "lm_head.weight" not in state
+            and "model.embed_tokens.weight" in state):
         state["lm_head.weight"] = state["model.embed_tokens.weight"]  # tied: stored once
     missing = [k for k in ours if k not in state]
     if missing:

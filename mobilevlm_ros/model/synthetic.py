@@ -16,16 +16,20 @@ from .loader import TOWER_PREFIX
 from .reference import MobileVLM
 from .tokenizer_train import default_corpus, train_tokenizer
 
-_MOBILELLAMA_1_4B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16)
-_MOBILELLAMA_2_7B = dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=32, num_attention_heads=32)
-_TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=512,
-                 max_position_embeddings=512)
+_MOBILELLAMA_1_4B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+                         num_attention_heads=16)
+_MOBILELLAMA_2_7B = dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=32,
+                         num_attention_heads=32)
+_TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 vocab_size=512, max_position_embeddings=512)
 # Any Llama the exporter must take: grouped-query attention, head_dim 64, tied embeddings (as
 # SmolLM2 and other small Llamas have them).
 _TINY_GQA_LLM = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                     num_key_value_heads=1, tie_word_embeddings=True, vocab_size=512, max_position_embeddings=512)
+                     num_key_value_heads=1, tie_word_embeddings=True, vocab_size=512,
+                     max_position_embeddings=512)
 _TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    image_size=112, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=64)
+                    image_size=112, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                    projection_dim=64)
 
 # name -> (projector, llm shape, vision shape or None for ViT-L/14-336)
 PRESETS: Dict[str, tuple] = {
@@ -82,14 +86,16 @@ def official_config(projector: str, llm: dict, vision_tower: str, mm_hidden_size
 
 def _clip_config(vision: dict) -> dict:
     # The shape of a CLIPModel folder's config.json (only the vision half matters to us).
-    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": vision.get("projection_dim", 768),
+    return {"architectures": ["CLIPModel"], "model_type": "clip",
+            "projection_dim": vision.get("projection_dim", 768),
             "vision_config": {**vision, "model_type": "clip_vision_model"}}
 
 
 def _preprocessor_config(image_size: int) -> dict:
-    return {"crop_size": {"height": image_size, "width": image_size}, "do_center_crop": True, "do_normalize": True,
-            "do_resize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "resample": 3,
-            "size": {"shortest_edge": image_size}, "image_processor_type": "CLIPImageProcessor"}
+    return {"crop_size": {"height": image_size, "width": image_size}, "do_center_crop": True,
+            "do_normalize": True, "do_resize": True, "image_mean": list(CLIP_MEAN),
+            "image_std": list(CLIP_STD), "resample": 3, "size": {"shortest_edge": image_size},
+            "image_processor_type": "CLIPImageProcessor"}
 
 
 def _save(tensors: Dict[str, torch.Tensor], folder: str, stem: str, weights_format: str) -> None:
@@ -155,9 +161,11 @@ def write_synthetic(name: str, out: str, layout: str = "", weights_format: str =
         with open(os.path.join(clip, "preprocessor_config.json"), "w") as f:
             json.dump(_preprocessor_config(vision["image_size"]), f, indent=2)
         if tower_tensors:
-            _save(tower_tensors, clip, "model" if weights_format != "bin" else "pytorch_model", weights_format)
+            _save(tower_tensors, clip, "model" if weights_format != "bin" else "pytorch_model",
+                  weights_format)
 
-    train_tokenizer(os.path.join(out, "tokenizer.model"), default_corpus(), vocab_size=raw["vocab_size"], seed=seed)
+    train_tokenizer(os.path.join(out, "tokenizer.model"), default_corpus(), vocab_size=raw["vocab_size"],
+                    seed=seed)
     write_tokenizer_config(out, raw["max_position_embeddings"])
     return out
 
@@ -169,4 +177,5 @@ def write_tokenizer_config(folder: str, max_length: int) -> None:
                    "unk_token": "<unk>", "pad_token": "<unk>", "add_bos_token": True, "add_eos_token": False,
                    "legacy": True, "model_max_length": max_length}, f, indent=2)
     with open(os.path.join(folder, "special_tokens_map.json"), "w") as f:
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}, f, indent=2)
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"},
+                  f, indent=2)

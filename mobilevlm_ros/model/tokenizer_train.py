@@ -99,7 +99,8 @@ def train_tokenizer(
 def _pad_with_placeholders(proto: model_pb2.ModelProto, vocab_size: int) -> None:
     n_missing = vocab_size - len(proto.pieces)
     if n_missing < 0:
-        raise ValueError(f"train_tokenizer: trainer produced {len(proto.pieces)} pieces, more than {vocab_size}")
+        raise ValueError(f"train_tokenizer: trainer produced {len(proto.pieces)} pieces, "
+                         f"more than {vocab_size}")
     lowest = min(p.score for p in proto.pieces)
     for i in range(n_missing):
         piece = proto.pieces.add()

@@ -86,7 +86,8 @@ OPTIONAL_MODEL_FIELDS: Dict[str, _Field] = {
 }
 FILE_FIELDS: Dict[str, _Field] = {
     "path": TEXT, "bytes": (_token_id, "an integer >= 0"),
-    "sha256": (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None, "64 hex digits"),
+    "sha256": (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+               "64 hex digits"),
 }
 DECODER_IO_FIELDS: Dict[str, _Field] = {
     "inputs_embeds": TEXT, "attention_mask": TEXT, "logits": TEXT,
@@ -136,7 +137,8 @@ class Manifest:
         return os.path.join(self.dir, self.files[role]["path"])
 
 
-def _check_fields(where: str, section: Any, fields: Dict[str, _Field], optional: Dict[str, _Field] = None) -> None:
+def _check_fields(where: str, section: Any, fields: Dict[str, _Field],
+                  optional: Dict[str, _Field] = None) -> None:
     """Raise EngineError naming the first field of `section` that is absent (and required) or wrong."""
     for key, (ok, what) in {**fields, **(optional or {})}.items():
         if key not in section:
@@ -162,8 +164,8 @@ def check_schema(path: str, data: Any) -> None:
         raise EngineError(f"{path}: format version {data.get('format_version')!r} is not supported "
                           f"(this runtime reads version {FORMAT_VERSION}); re-run mobilevlm-export")
     if data.get("precision") not in PRECISIONS:
-        raise EngineError(f"{path}: precision {data.get('precision')!r} is not one of {', '.join(PRECISIONS)}; "
-                          "re-run mobilevlm-export")
+        raise EngineError(f"{path}: precision {data.get('precision')!r} is not one of "
+                          f"{', '.join(PRECISIONS)}; re-run mobilevlm-export")
     if data.get("target", "cpu") not in TARGETS:
         raise EngineError(f"{path}: target {data.get('target')!r} is not one of {', '.join(TARGETS)}")
     for section in ("model", "files", "decoder_io"):
@@ -177,8 +179,8 @@ def check_schema(path: str, data: Any) -> None:
             raise EngineError(f"{path}: files.{role}: missing; re-run mobilevlm-export")
     for role, entry in files.items():
         if not isinstance(entry, dict):
-            raise EngineError(f"{path}: files.{role}: {entry!r} is not an object with path, bytes and sha256; "
-                              "re-run mobilevlm-export")
+            raise EngineError(f"{path}: files.{role}: {entry!r} is not an object with path, bytes "
+                              "and sha256; re-run mobilevlm-export")
         _check_fields(f"{path}: files.{role}", entry, FILE_FIELDS)
 
 
@@ -204,11 +206,13 @@ def load(engine_dir: str, verify: bool = True) -> Manifest:
     for entry in data["files"].values():
         f = os.path.join(engine_dir, entry["path"])
         if not os.path.isfile(f):
-            raise EngineError(f"engine file {entry['path']}: missing from {engine_dir}; re-run mobilevlm-export")
+            raise EngineError(f"engine file {entry['path']}: missing from {engine_dir}; "
+                              "re-run mobilevlm-export")
         size = os.path.getsize(f)
         if size != entry["bytes"]:
             raise EngineError(f"engine file {entry['path']}: {size} bytes, manifest says {entry['bytes']} "
                               "(truncated or replaced); re-run mobilevlm-export")
         if verify and sha256(f) != entry["sha256"]:
-            raise EngineError(f"engine file {entry['path']}: sha256 mismatch with manifest; re-run mobilevlm-export")
+            raise EngineError(f"engine file {entry['path']}: sha256 mismatch with manifest; "
+                              "re-run mobilevlm-export")
     return Manifest(engine_dir, data)

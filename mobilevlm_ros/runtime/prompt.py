@@ -43,7 +43,8 @@ TEMPLATES: Dict[str, Template] = {"v1": Template(SYSTEM_V1, "USER:", "ASSISTANT:
 DEFAULT_TEMPLATE = "v1"
 # Text that marks turns in a template: inside a question it would fake a turn of the conversation
 # (the model then often answers with nothing), so it is refused.
-TEMPLATE_MARKERS = (*dict.fromkeys(m for t in TEMPLATES.values() for m in (t.user, t.assistant)), "</s>", "<s>")
+TEMPLATE_MARKERS = (*dict.fromkeys(m for t in TEMPLATES.values() for m in (t.user, t.assistant)),
+                    "</s>", "<s>")
 
 
 def check_question(question: str) -> str:
@@ -52,17 +53,20 @@ def check_question(question: str) -> str:
         raise PromptError("the question is empty")
     question = question.strip()
     if len(question) > MAX_QUESTION_CHARS:
-        raise PromptError(f"the question is {len(question)} characters; at most {MAX_QUESTION_CHARS} are accepted")
+        raise PromptError(f"the question is {len(question)} characters; "
+                          f"at most {MAX_QUESTION_CHARS} are accepted")
     if IMAGE_TOKEN in question:
         raise PromptError(f"the question must not contain {IMAGE_TOKEN}: the image goes in by itself")
     markers = [m for m in TEMPLATE_MARKERS if m in question]
     if markers:
-        raise PromptError(f"the question must not contain the prompt template's markers ({', '.join(markers)})")
+        raise PromptError("the question must not contain the prompt template's markers "
+                          f"({', '.join(markers)})")
     return question
 
 
 def build_prompt(question: str, template: str = DEFAULT_TEMPLATE) -> str:
-    """The full prompt text, `<image>` included, exactly as the reference `conv_templates[template]` builds it."""
+    """The full prompt text, `<image>` included, exactly as the reference `conv_templates[template]`
+    builds it."""
     if template not in TEMPLATES:
         raise PromptError(f"unknown prompt template {template!r}; known: {', '.join(TEMPLATES)}")
     return TEMPLATES[template].format(check_question(question))
@@ -84,7 +88,8 @@ def tokenize_prompt(tokenizer: Tokenizer, prompt: str) -> List[int]:
     return ids
 
 
-def check_prompt_length(n_prompt_tokens: int, n_image_tokens: int, max_new_tokens: int, context_length: int) -> None:
+def check_prompt_length(n_prompt_tokens: int, n_image_tokens: int, max_new_tokens: int,
+                        context_length: int) -> None:
     """Raise PromptError when prompt + image + answer would not fit in the model's context.
 
     `n_prompt_tokens` counts text tokens only (IMAGE_TOKEN_INDEX markers excluded).

@@ -26,7 +26,13 @@ from .errors import EngineError, VLMError
 from .generation import GenerationParams, Generator
 from .grounding import find_boxes, grounding_phrase, grounding_prompt
 from .image import CLIP_MEAN, CLIP_STD, preprocess
-from .prompt import DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, check_prompt_length, tokenize_prompt
+from .prompt import (
+    DEFAULT_CAPTION_QUESTION,
+    IMAGE_TOKEN_INDEX,
+    build_prompt,
+    check_prompt_length,
+    tokenize_prompt,
+)
 from .sessions import choose_providers, provider_names
 from .tokenizer import Tokenizer
 from .types import Answer, Timings
@@ -52,19 +58,23 @@ class VLM:
                  verify: bool = True):
         self.manifest = mf.load(engine_dir, verify=verify)
         m = self.manifest.model
-        providers = choose_providers(self.manifest.target, backend, cache_dir=os.path.join(engine_dir, "trt_cache"))
+        providers = choose_providers(self.manifest.target, backend,
+                                     cache_dir=os.path.join(engine_dir, "trt_cache"))
         self.tokenizer = self._load("tokenizer", Tokenizer)
         if self.tokenizer.vocab_size > m["vocab_size"]:
-            raise EngineError(f"engine file {self.manifest.files['tokenizer']['path']}: {self.tokenizer.vocab_size} "
-                              f"tokens, the model has {m['vocab_size']}; re-run mobilevlm-export")
+            raise EngineError(f"engine file {self.manifest.files['tokenizer']['path']}: "
+                              f"{self.tokenizer.vocab_size} tokens, the model has {m['vocab_size']}; "
+                              "re-run mobilevlm-export")
         self.vision = self._load("vision", lambda _: VisionEngine(self.manifest, providers, threads))
-        self.decoder = self._load("decoder", lambda _: DecoderEngine(self.manifest, providers, threads, max_length))
+        self.decoder = self._load("decoder",
+                                  lambda _: DecoderEngine(self.manifest, providers, threads, max_length))
         # Memory-mapped: only the rows of tokens actually used are ever read. No pickles: it is data.
         self.table = self._load("embeddings", lambda path: np.load(path, mmap_mode="r", allow_pickle=False))
-        if self.table.shape != (m["vocab_size"], m["hidden_size"]) or self.table.dtype not in (np.float32, np.float16):
+        if (self.table.shape != (m["vocab_size"], m["hidden_size"])
+                or self.table.dtype not in (np.float32, np.float16)):
             raise EngineError(f"engine file {self.manifest.files['embeddings']['path']}: {self.table.dtype} "
-                              f"{self.table.shape}, manifest says float ({m['vocab_size']}, {m['hidden_size']}); "
-                              "re-run mobilevlm-export")
+                              f"{self.table.shape}, manifest says float "
+                              f"({m['vocab_size']}, {m['hidden_size']}); re-run mobilevlm-export")
         self.image_size = m["image_size"]
         self.mean = m.get("image_mean", CLIP_MEAN)
         self.std = m.get("image_std", CLIP_STD)
@@ -98,7 +108,8 @@ class VLM:
         question = DEFAULT_CAPTION_QUESTION if question is None else question
         prompt = build_prompt(question, self.manifest.model["template"])  # checks the question
         ids = tokenize_prompt(self.tokenizer, prompt)
-        check_prompt_length(len(ids) - 1, self.manifest.model["image_tokens"], max_new_tokens, self.decoder.max_length)
+        check_prompt_length(len(ids) - 1, self.manifest.model["image_tokens"], max_new_tokens,
+                            self.decoder.max_length)
         cut = ids.index(IMAGE_TOKEN_INDEX)
         return EncodedPrompt(question.strip(), tuple(ids[:cut]), tuple(ids[cut + 1:]))
 
@@ -139,7 +150,8 @@ class VLM:
         timings.prefill_s = time.perf_counter() - t0
         return logits
 
-    def generator(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
+    def generator(self, rgb: np.ndarray, question: Optional[str] = None,
+                  params: Optional[GenerationParams] = None,
                   cancel: Optional[threading.Event] = None) -> Generator:
         """Prompt encoding and prefill for `question` (None: a caption) about `rgb` (H x W x 3 uint8
         RGB); the Generator that continues from there. Bad input raises ImageError / PromptError /
@@ -150,9 +162,9 @@ class VLM:
         logits = self.prefill(rgb, prompt, timings)
         return Generator(self.decoder, self.table, self.tokenizer, logits, params, cancel, timings)
 
-    def describe(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
-                 cancel: Optional[threading.Event] = None, on_text: Optional[Callable[[str, int], None]] = None,
-                 phrase: str = "") -> Answer:
+    def describe(self, rgb: np.ndarray, question: Optional[str] = None,
+                 params: Optional[GenerationParams] = None, cancel: Optional[threading.Event] = None,
+                 on_text: Optional[Callable[[str, int], None]] = None, phrase: str = "") -> Answer:
         """Answer `question` (None: a caption) about `rgb`: the decode loop, then boxes in `rgb`'s
         pixels. on_text(text so far, tokens) is called after every token; `phrase` labels boxes
         whose answer names none (default: the phrase of a grounding question)."""

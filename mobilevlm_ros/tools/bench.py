@@ -79,7 +79,8 @@ def worker_ours(engine: str, new_tokens: int, runs: int, threads: int) -> dict:
         first_token_at = []
         t0 = time.perf_counter()
         answer = vlm.describe(_frame(i), None, params,
-                              on_text=lambda text, tokens: first_token_at or first_token_at.append(time.perf_counter()))
+                              on_text=lambda text, tokens: (first_token_at
+                                                            or first_token_at.append(time.perf_counter())))
         return answer.timings, first_token_at[0] - t0
 
     out = []
@@ -187,7 +188,8 @@ def _table(rows: dict) -> str:
     head = f"{'':28}" + "".join(f"{c[1]:>15}" for c in cols)
     lines = [head]
     for name, r in rows.items():
-        lines.append(f"{name:28}" + "".join(f"{(c[2].format(r[c[0]]) if c[0] in r else '-'):>15}" for c in cols))
+        lines.append(f"{name:28}" + "".join(f"{(c[2].format(r[c[0]]) if c[0] in r else '-'):>15}"
+                                            for c in cols))
     return "\n".join(lines)
 
 
@@ -196,8 +198,10 @@ def main(argv=None) -> int:
     p.add_argument("engine", nargs="?", help="engine directory")
     p.add_argument("--synthetic", metavar="NAME", help="benchmark a random-weight preset (e.g. v2-1.7b)")
     p.add_argument("--precision", default="int4", choices=PRECISIONS)
-    p.add_argument("--block-size", type=int, default=0, help="synthetic: int4/int8 quantization block (0: the default)")
-    p.add_argument("--reference", metavar="CHECKPOINT", help="checkpoint folder for the PyTorch fp32 baseline")
+    p.add_argument("--block-size", type=int, default=0,
+                   help="synthetic: int4/int8 quantization block (0: the default)")
+    p.add_argument("--reference", metavar="CHECKPOINT",
+                   help="checkpoint folder for the PyTorch fp32 baseline")
     p.add_argument("--no-reference", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runs", type=int, default=3)
@@ -234,13 +238,15 @@ def main(argv=None) -> int:
         "e2e_speedup_vs_reference": (ref["e2e_s"] / ours["e2e_s"]) if ref else None,
     }
     print(_table(rows))
-    print(f"\nprompt: {ours['prompt_tokens']:.0f} positions, {ours['prefill_tokens']:.0f} computed per new frame "
-          f"(the system-prompt head is cached); {a.new_tokens} new tokens; {a.threads} threads")
-    print(f"decode reads {ours['decode_bytes_per_token'] / 1e9:.3f} GB/token (weights + KV cache); read bandwidth "
-          f"{ours['read_bandwidth_gbs']:.1f} GB/s -> bound {ours['decode_bound_tok_s']:.1f} tok/s; decode reaches "
-          f"{ours['decode_fraction_of_bound']:.2f} of the bound (median of runs, each next to its own bandwidth reading)")
+    print(f"\nprompt: {ours['prompt_tokens']:.0f} positions, {ours['prefill_tokens']:.0f} computed "
+          f"per new frame (the system-prompt head is cached); {a.new_tokens} new tokens; {a.threads} threads")
+    print(f"decode reads {ours['decode_bytes_per_token'] / 1e9:.3f} GB/token (weights + KV cache); "
+          f"read bandwidth {ours['read_bandwidth_gbs']:.1f} GB/s -> bound {ours['decode_bound_tok_s']:.1f} "
+          f"tok/s; decode reaches {ours['decode_fraction_of_bound']:.2f} of the bound "
+          "(median of runs, each next to its own bandwidth reading)")
     if ref:
-        print(f"caption of {a.new_tokens} tokens: {result['e2e_speedup_vs_reference']:.1f}x faster than PyTorch fp32")
+        print(f"caption of {a.new_tokens} tokens: {result['e2e_speedup_vs_reference']:.1f}x faster "
+              "than PyTorch fp32")
     if a.json:
         text = json.dumps(result, indent=2)
         if a.json == "-":

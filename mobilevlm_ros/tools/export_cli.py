@@ -19,16 +19,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-export", description=__doc__.split("\n\n")[0])
     p.add_argument("src", nargs="?", help="checkpoint folder or hub id (e.g. mtgv/MobileVLM_V2-1.7B)")
     p.add_argument("--synthetic", metavar="NAME",
-                   help="make a random-weight checkpoint of a preset (tiny, tiny-v1, v1-1.7b, v2-1.7b, v1-3b, v2-3b)")
+                   help="make a random-weight checkpoint of a preset "
+                        "(tiny, tiny-v1, v1-1.7b, v2-1.7b, v1-3b, v2-3b)")
     p.add_argument("--layout", choices=["inside", "separate"], default="",
-                   help="synthetic: vision tower inside the checkpoint (V2 default) or in a CLIP folder (V1 default)")
-    p.add_argument("--checkpoint-only", action="store_true", help="synthetic: write the checkpoint folder to --out and stop")
+                   help="synthetic: vision tower inside the checkpoint (V2 default) "
+                        "or in a CLIP folder (V1 default)")
+    p.add_argument("--checkpoint-only", action="store_true",
+                   help="synthetic: write the checkpoint folder to --out and stop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="engine directory to write")
     p.add_argument("--precision", choices=PRECISIONS, default="int4")
     p.add_argument("--target", choices=TARGETS, default="cpu")
     p.add_argument("--block-size", type=int, default=0, choices=BLOCK_SIZES,
-                   help="int4/int8: weights per quantization scale (default: the precision's measured default)")
+                   help="int4/int8: weights per quantization scale "
+                        "(default: the precision's measured default)")
     p.add_argument("--quant", metavar="NAME",
                    help="int4/int8: another quantization configuration, named as mobilevlm-quality prints it "
                         "(e.g. \"int4 k-quant block 16, sensitive int8\")")

@@ -18,7 +18,8 @@ import sys
 def _table(report: dict) -> str:
     ref = report["reference"]["ppl"]
     lines = [f"reference (PyTorch fp32): perplexity {ref:.3f} on {report['reference']['tokens']} tokens", "",
-             "| engine | default | perplexity | vs fp32 reference | top-1 agreement | decoder MB | decode tok/s |",
+             "| engine | default | perplexity | vs fp32 reference | top-1 agreement | decoder MB "
+             "| decode tok/s |",
              "|---|---|---|---|---|---|---|"]
     for e in report["engines"] + report.get("llamacpp", []):
         if "error" in e:
@@ -34,11 +35,14 @@ def _table(report: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-quality", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="MobileVLM checkpoint, Llama folder or hub id, or a .gguf file")
-    p.add_argument("--corpus", required=True, help="a text file of real prose (e.g. /usr/share/common-licenses/GPL-3)")
+    p.add_argument("--corpus", required=True,
+                   help="a text file of real prose (e.g. /usr/share/common-licenses/GPL-3)")
     p.add_argument("--tokens", type=int, default=1024, help="tokens of the corpus to score (default 1024)")
-    p.add_argument("--window", type=int, default=512, help="tokens per window, each read after BOS (default 512)")
+    p.add_argument("--window", type=int, default=512,
+                   help="tokens per window, each read after BOS (default 512)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
-    p.add_argument("--only", nargs="*", metavar="NAME", help="score only these configurations (names as printed)")
+    p.add_argument("--only", nargs="*", metavar="NAME",
+                   help="score only these configurations (names as printed)")
     p.add_argument("--llamacpp", action="store_true",
                    help="also convert the same fp32 weights with llama.cpp and score Q8_0, Q4_0, Q4_K_M "
                         "(needs llama-cpp-python and llama.cpp's converter, see --llamacpp-src)")
@@ -58,12 +62,14 @@ def main(argv=None) -> int:
         with open(a.corpus, encoding="utf-8", errors="replace") as f:
             text = f.read()
         lm = load_language_model(a.src)
-        report = measure(lm, text, tokens=a.tokens, window=a.window, configs=configs, threads=a.threads, log=log)
+        report = measure(lm, text, tokens=a.tokens, window=a.window, configs=configs, threads=a.threads,
+                         log=log)
         windows, choices = report.pop("windows"), report.pop("reference_choices")
         if a.llamacpp:
             from ..model.llamacpp_quality import measure_llamacpp
 
-            report["llamacpp"] = measure_llamacpp(lm, windows, choices, a.llamacpp_src, threads=a.threads, log=log)
+            report["llamacpp"] = measure_llamacpp(lm, windows, choices, a.llamacpp_src, threads=a.threads,
+                                                  log=log)
     except (VLMError, ValueError, OSError) as e:
         print(f"mobilevlm-quality: error: {e}", file=sys.stderr)
         return 1
