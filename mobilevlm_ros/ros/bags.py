@@ -63,6 +63,8 @@ def read(path: str, topics=None) -> Iterator[Tuple[str, str, int, bytes]]:
     """(topic, msgtype, timestamp_ns, CDR bytes) of every message, in time order."""
     with AnyReader([_bag_path(path)], default_typestore=typestore()) as reader:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        if not conns:  # rosbags reads every connection when given none
+            return
         for conn, ts, raw in reader.messages(connections=conns):
             yield conn.topic, conn.msgtype, ts, bytes(raw)
 
