@@ -1,9 +1,11 @@
 """mobilevlm_ros: MobileVLM on a robot.
 
-Layers (each importable without the one above it):
-  mobilevlm_ros.model    PyTorch reference, checkpoint loader, exporters (needs torch)
+Layers (each importable without the ones above it; ARCHITECTURE.md, test/test_layers.py):
   mobilevlm_ros.runtime  numpy + onnxruntime + sentencepiece: image -> tokens -> engines -> text -> boxes
-  mobilevlm_ros (ROS)    the node, message conversion, replay (needs rclpy)
+  mobilevlm_ros.demo     the scene world of the demo model
+  mobilevlm_ros.ros      the node, worker, bridge, messages, bags and replay (needs rclpy, never torch)
+  mobilevlm_ros.model    PyTorch reference, checkpoint loader, exporter (needs torch)
+  mobilevlm_ros.tools    console entry points
 The generated interfaces are mobilevlm_ros.msg, mobilevlm_ros.srv and mobilevlm_ros.action.
 """
 

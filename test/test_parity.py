@@ -41,7 +41,7 @@ def test_fp32_engine_matches_reference(name, engines, reference):
         rgb = _scene(seed)
         pixels = preprocess(rgb, vlm.image_size)
 
-        ours = vlm.image_embeddings(rgb)
+        ours = vlm.vision(pixels)
         ref = model.vision(torch.from_numpy(pixels))[0].numpy()
         assert ours.shape == ref.shape == (vlm.manifest.model["image_tokens"],
                                            vlm.manifest.model["hidden_size"])

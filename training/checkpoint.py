@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from mobilevlm_ros.model.reference import MobileVLM
-from mobilevlm_ros.model.synthetic import _clip_config, _preprocessor_config, write_tokenizer_config
+from mobilevlm_ros.model.synthetic import clip_config, preprocessor_config, write_tokenizer_config
 
 
 def save_checkpoint(model: MobileVLM, raw: dict, vision: dict, tokenizer_path: str, out: str,
@@ -35,9 +35,9 @@ def save_checkpoint(model: MobileVLM, raw: dict, vision: dict, tokenizer_path: s
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(raw, f, indent=2)
     with open(os.path.join(tmp, "clip", "config.json"), "w") as f:
-        json.dump(_clip_config(vision), f, indent=2)
+        json.dump(clip_config(vision), f, indent=2)
     with open(os.path.join(tmp, "clip", "preprocessor_config.json"), "w") as f:
-        json.dump(_preprocessor_config(vision["image_size"]), f, indent=2)
+        json.dump(preprocessor_config(vision["image_size"]), f, indent=2)
     shutil.copy(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
     write_tokenizer_config(tmp, raw["max_position_embeddings"])
     with open(os.path.join(tmp, "train_info.json"), "w") as f:

@@ -84,14 +84,14 @@ def official_config(projector: str, llm: dict, vision_tower: str, mm_hidden_size
     }
 
 
-def _clip_config(vision: dict) -> dict:
+def clip_config(vision: dict) -> dict:
     # The shape of a CLIPModel folder's config.json (only the vision half matters to us).
     return {"architectures": ["CLIPModel"], "model_type": "clip",
             "projection_dim": vision.get("projection_dim", 768),
             "vision_config": {**vision, "model_type": "clip_vision_model"}}
 
 
-def _preprocessor_config(image_size: int) -> dict:
+def preprocessor_config(image_size: int) -> dict:
     return {"crop_size": {"height": image_size, "width": image_size}, "do_center_crop": True,
             "do_normalize": True, "do_resize": True, "image_mean": list(CLIP_MEAN),
             "image_std": list(CLIP_STD), "resample": 3, "size": {"shortest_edge": image_size},
@@ -157,9 +157,9 @@ def write_synthetic(name: str, out: str, layout: str = "", weights_format: str =
         clip = os.path.join(out, "clip")
         os.makedirs(clip, exist_ok=True)
         with open(os.path.join(clip, "config.json"), "w") as f:
-            json.dump(_clip_config(vision), f, indent=2)
+            json.dump(clip_config(vision), f, indent=2)
         with open(os.path.join(clip, "preprocessor_config.json"), "w") as f:
-            json.dump(_preprocessor_config(vision["image_size"]), f, indent=2)
+            json.dump(preprocessor_config(vision["image_size"]), f, indent=2)
         if tower_tensors:
             _save(tower_tensors, clip, "model" if weights_format != "bin" else "pytorch_model",
                   weights_format)

@@ -196,6 +196,3 @@ class VLM:
             agree += int(np.argmax(logits)) == t
             logits = self.decoder.run(self._embed_ids([t]))
         return agree / len(tokens)
-
-    def image_embeddings(self, rgb: np.ndarray) -> np.ndarray:
-        return self.vision(preprocess(rgb, self.image_size, self.mean, self.std))
