@@ -41,8 +41,15 @@ print(len(names))
 """
 
 
+# What a layer itself needs beyond the runtime's libraries: an interpreter without it (the ARM image
+# of `make test-arm` has neither) cannot import that layer at all, with or without the rule.
+NEEDS = {"mobilevlm_ros.ros": "rclpy", "mobilevlm_ros.model": "torch"}
+
+
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_layer_imports_without_the_layers_above_it(layer):
+    if layer in NEEDS:
+        pytest.importorskip(NEEDS[layer], reason=f"{layer} needs {NEEDS[layer]}, which this Python lacks")
     r = subprocess.run([sys.executable, "-c", PROBE, layer, *LAYERS[layer]], capture_output=True, text=True)
     assert r.returncode == 0, f"{layer} imports something it must not:\n{r.stderr[-1500:]}"
     assert int(r.stdout.split()[-1]) >= 2  # it really walked the layer's modules
@@ -50,6 +57,7 @@ def test_layer_imports_without_the_layers_above_it(layer):
 
 def test_the_probe_catches_a_forbidden_import():
     """A layer that does import a blocked module fails the probe (torch from the export side)."""
+    pytest.importorskip("torch", reason="the export side needs torch, which this interpreter lacks")
     r = subprocess.run([sys.executable, "-c", PROBE, "mobilevlm_ros.model", "torch"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "torch" in r.stderr
