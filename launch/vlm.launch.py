@@ -1,53 +1,75 @@
-"""ros2 launch mobilevlm_ros vlm.launch.py [engine_dir:=DIR] [camera_topic:=/cam/image_raw] [namespace:=robot]
-                                          [params_file:=my.yaml] [backend:=auto|cpu|cuda|tensorrt]
+"""Starts the VLM node (a lifecycle node that configures and activates itself).
 
-Starts the VLM node (a lifecycle node that configures and activates itself). The node listens to
-<camera>/image_raw for each camera in its `cameras` parameter; camera_topic remaps the default
-camera's input, so a single camera needs no params file. engine_dir and backend, when given,
-override the params file.
+  ros2 launch mobilevlm_ros vlm.launch.py [model:=NAME] [params_file:=my.yaml] [engine_dir:=DIR]
+      [backend:=auto|cpu|cuda|tensorrt] [cameras:="[front, rear]"] [front_topic:=/cam0/image_raw]
+      [front_compressed_topic:=/cam0/image_raw/compressed] [camera_topic:=...] [compressed_topic:=...]
+      [namespace:=robot] [node_name:=vlm]
+
+Parameters come from params_file (default config/vlm.yaml), then from model:=NAME's
+config/models/NAME.yaml (one file per model variant: engine_dir, backend, threads, max_context,
+max_new_tokens), then from engine_dir:=, backend:= and cameras:=, each later source winning.
+
+The node listens to N/image_raw (or N/image_raw/compressed with `transports: [compressed]` in the
+params file) for each camera N of its `cameras` parameter:
+  cameras:=            "[front, rear]" or "front,rear"; empty: the params file's (default: camera)
+  N_topic:=            remaps N/image_raw of camera N, e.g. front_topic:=/cam0/image_raw
+  N_compressed_topic:= remaps N/image_raw/compressed of camera N
+These per-camera arguments are not declared (ros2 launch passes any name:=value on); without
+cameras:= they apply to whichever camera they name. camera_topic:= and compressed_topic:= are those
+of the default camera `camera`, so a single camera needs no params file.
+Argument handling: mobilevlm_ros/ros/launch_args.py.
 """
 
 import os
+from typing import List
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
+
+from mobilevlm_ros.ros.launch_args import camera_remappings, node_parameters, parse_cameras
+
+PACKAGE = "mobilevlm_ros"
+
+
+def _typed(value):
+    # launch_ros reads a plain string as YAML: a camera named `on` would become True.
+    return ParameterValue(value, value_type=List[str] if isinstance(value, list) else str)
 
 
 def _node(context):
-    arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    overrides = {k: arg(k) for k in ("engine_dir", "backend") if arg(k)}
+    configs = dict(context.launch_configurations)
+    parameters = node_parameters(configs, get_package_share_directory(PACKAGE))
+    parameters = [{k: _typed(v) for k, v in p.items()} if isinstance(p, dict) else p for p in parameters]
     return [LifecycleNode(
-        package="mobilevlm_ros",
+        package=PACKAGE,
         executable="vlm_node",
-        name=arg("node_name"),
-        namespace=arg("namespace"),
+        name=configs["node_name"],
+        namespace=configs["namespace"],
         output="screen",
-        parameters=[arg("params_file")] + ([overrides] if overrides else []),
-        remappings=[("camera/image_raw", arg("camera_topic")),
-                    ("camera/image_raw/compressed", arg("compressed_topic"))],
+        parameters=parameters,
+        remappings=camera_remappings(parse_cameras(configs["cameras"]), configs),
     )]
 
 
 def generate_launch_description():
-    share = get_package_share_directory("mobilevlm_ros")
-    return LaunchDescription([
-        DeclareLaunchArgument("engine_dir", default_value="",
-                              description="engine directory (manifest.json + ONNX graphs); "
-                                          "empty: the params file's"),
-        DeclareLaunchArgument("camera_topic", default_value="camera/image_raw",
-                              description="raw image topic of the default camera"),
-        DeclareLaunchArgument("compressed_topic", default_value="camera/image_raw/compressed",
-                              description="compressed topic of the default camera "
-                                          "(with transports:=[compressed])"),
-        DeclareLaunchArgument("namespace", default_value="",
-                              description="namespace of the node and its topics"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "vlm.yaml"),
-                              description="parameter file (see config/vlm.yaml)"),
-        DeclareLaunchArgument("backend", default_value="",
-                              description="auto, cpu, cuda or tensorrt; empty: the params file's"),
-        DeclareLaunchArgument("node_name", default_value="vlm", description="node name"),
-        OpaqueFunction(function=_node),
-    ])
+    share = get_package_share_directory(PACKAGE)
+    arguments = [
+        ("model", "", "model variant: config/models/NAME.yaml (e.g. demo, mobilevlm_v2_1.7b_int4_cpu), "
+                      "loaded after params_file; empty: none"),
+        ("params_file", os.path.join(share, "config", "vlm.yaml"), "parameter file (see config/vlm.yaml)"),
+        ("engine_dir", "", "engine directory (manifest.json + ONNX graphs); empty: the parameter files'"),
+        ("backend", "", "auto, cpu, cuda or tensorrt; empty: the parameter files'"),
+        ("cameras", "", "camera names, \"[front, rear]\" or front,rear; empty: the parameter files'. "
+                        "Camera N's topics: N_topic:=, N_compressed_topic:="),
+        ("camera_topic", "", "raw image topic of the default camera `camera`; empty: camera/image_raw"),
+        ("compressed_topic", "", "compressed topic of the default camera `camera` "
+                                 "(transports: [compressed]); empty: camera/image_raw/compressed"),
+        ("namespace", "", "namespace of the node and its topics"),
+        ("node_name", "vlm", "node name"),
+    ]
+    return LaunchDescription([DeclareLaunchArgument(name, default_value=default, description=description)
+                              for name, default, description in arguments]
+                             + [OpaqueFunction(function=_node)])
