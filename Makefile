@@ -11,7 +11,9 @@ BUILD  ?= build
 PY_STAMP    := $(VENV)/.stamp-python
 ROS_STAMP   := $(VENV)/.stamp-ros-wheels
 IFACE_STAMP := $(VENV)/.stamp-interfaces
+VISION_STAMP := $(VENV)/.stamp-vision-msgs
 INTERFACES  := $(wildcard msg/*.msg srv/*.srv action/*.action)
+VISION_MSGS := $(wildcard scripts/vision_msgs/msg/*.msg) scripts/vision_msgs/CMakeLists.txt scripts/vision_msgs/package.xml
 
 # Tests and CI keep DDS traffic on this machine and in their own domain.
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
@@ -19,7 +21,7 @@ export ROS_DOMAIN_ID ?= 42
 
 .PHONY: setup interfaces demo test test-arm bench quality clean
 
-setup: $(IFACE_STAMP)
+setup: $(IFACE_STAMP) $(VISION_STAMP)
 
 # torch first and pinned: anything else would pull a multi-GB CUDA build.
 $(PY_STAMP): setup.py
@@ -37,6 +39,12 @@ $(ROS_STAMP): $(PY_STAMP) scripts/ros-jazzy-requirements.txt scripts/fix_ros_cma
 # mobilevlm_ros.msg / .srv / .action, built with CMake and installed into the venv.
 $(IFACE_STAMP): $(ROS_STAMP) $(INTERFACES) CMakeLists.txt package.xml scripts/setup_ros.sh
 	bash scripts/setup_ros.sh interfaces $(VENV)
+	touch $@
+
+# vision_msgs (~/detections): PyPI has no ros-jazzy-vision-msgs wheel, so its interfaces are built
+# from vision_msgs 4.1.1's definitions (scripts/vision_msgs) the same way.
+$(VISION_STAMP): $(ROS_STAMP) $(VISION_MSGS) scripts/setup_ros.sh
+	bash scripts/setup_ros.sh vision_msgs $(VENV)
 	touch $@
 
 # Rebuild the interfaces now (normally `make setup` notices changed msg/srv/action files itself).

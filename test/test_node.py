@@ -440,3 +440,97 @@ def test_an_empty_answer_is_reported_with_its_finish_reason(harness):
     decoder.run = original
     assert not r.success and r.error == "the model gave an empty answer (finish reason: eos)"
     assert r.answer.finish_reason == "eos" and r.answer.text == ""
+
+
+# -- vision_msgs detections, lifecycle publishers, QoS mismatches --------------------------------
+DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engines", "demo")
+
+
+def test_detections_match_the_grounded_answer(harness):
+    """A separate subscriber gets ~/detections (vision_msgs) for an answer with a box: same header,
+    one Detection2D per box, the phrase as class_id, the box in source pixels."""
+    from vision_msgs.msg import Detection2DArray
+
+    from mobilevlm_ros.demo import scenes
+    from mobilevlm_ros.runtime.grounding import grounding_prompt
+
+    h = harness(engine_dir=DEMO, max_new_tokens=32).start()
+    got = []
+    h.client.create_subscription(Detection2DArray, "/vlm/detections", got.append, 10)
+    wait_for(lambda: h.node.detections_pub.get_subscription_count() > 0, what="detections subscriber")
+    scene = scenes.make_scene(20_000_003)
+    phrase = scenes.referring_phrase(scene, scene.objects[0])
+    r = h.ask(question=grounding_prompt(phrase),
+              image=image_msg(scene.image, stamp_s=77, frame_id="front_optical"))
+    assert r.success and r.answer.boxes, r.error
+    wait_for(lambda: got, what="detections")
+    d = got[-1]
+    assert (d.header.stamp.sec, d.header.frame_id) == (77, "front_optical")
+    assert len(d.detections) == len(r.answer.boxes)
+    for det, box in zip(d.detections, r.answer.boxes):
+        assert det.header.frame_id == "front_optical"
+        assert det.results[0].hypothesis.class_id == box.label
+        center = (det.bbox.center.position.x, det.bbox.center.position.y)
+        assert center == pytest.approx((box.center_x, box.center_y))
+        assert (det.bbox.size_x, det.bbox.size_y) == pytest.approx((box.size_x, box.size_y))
+    # An answer without a box publishes no detections.
+    n = len(got)
+    assert h.ask(question="How many objects are there?", image=image_msg(scene.image, stamp_s=78)).success
+    time.sleep(0.3)
+    assert len(got) == n
+
+
+def test_outputs_are_lifecycle_publishers_silent_while_inactive(harness):
+    from rclpy.lifecycle.publisher import LifecyclePublisher
+
+    h = harness().start()
+    node = h.node
+    outputs = (node.caption_pub, node.detections_pub, node.annotated_pub, node.diag_pub)
+    assert all(isinstance(p, LifecyclePublisher) for p in outputs)
+    wait_for(lambda: node.caption_pub.get_subscription_count() > 0, what="caption subscriber")
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    node.caption_pub.publish(Caption(text="while inactive"))  # what a late worker callback would do
+    time.sleep(0.3)
+    assert not any(c.text == "while inactive" for c in h.captions)
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    node.caption_pub.publish(Caption(text="while active"))
+    wait_for(lambda: any(c.text == "while active" for c in h.captions), what="caption while active")
+
+
+def _diagnostic_values(h):
+    n = len(h.diagnostics)
+    wait_for(lambda: len(h.diagnostics) > n, what="fresh diagnostics")
+    status = h.diagnostics[-1].status[0]
+    return status, {kv.key: kv.value for kv in status.values}
+
+
+def test_a_qos_mismatch_is_one_clear_warning_and_counted(harness, capfd):
+    """A best-effort camera and a node set to reliable: DDS connects nothing. The node says so once
+    (topic, both policies, the parameter), counts it in /diagnostics; same for an output whose
+    subscriber asks for more than the node offers."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    h = harness(qos_reliability="reliable").start()
+    camera = h.client.create_publisher(Image, "/front/image_raw", qos_profile_sensor_data)  # best effort
+    late_joiner = h.client.create_subscription(  # transient_local: wants old captions the node does not keep
+        Caption, "/vlm/caption", lambda m: None,
+        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    end = time.monotonic() + TIMEOUT
+    values = {}
+    while time.monotonic() < end:
+        status, values = _diagnostic_values(h)
+        if "/front/image_raw.qos_incompatible" in values and "/vlm/caption.qos_incompatible" in values:
+            break
+    assert int(values["/front/image_raw.qos_incompatible"]) >= 1
+    assert int(values["/vlm/caption.qos_incompatible"]) >= 1
+    assert status.level == status.WARN and "incompatible QoS" in status.message
+    camera.publish(image_msg(frame(3), stamp_s=1))
+    err = capfd.readouterr().err
+    line = [s for s in err.splitlines() if "/front/image_raw: incompatible QoS (RELIABILITY)" in s]
+    assert len(line) == 1, err  # once, however often DDS reports it
+    assert "this node subscribes with reliable, the publisher has best_effort" in line[0]
+    assert "qos_reliability" in line[0]
+    assert any("/vlm/caption: incompatible QoS (DURABILITY): this node publishes with volatile, "
+               "the subscriber has transient_local" in s for s in err.splitlines()), err
+    h.client.destroy_subscription(late_joiner)

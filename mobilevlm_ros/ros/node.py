@@ -3,7 +3,10 @@
   ros2 run mobilevlm_ros vlm_node --ros-args -p engine_dir:=engines/demo -p cameras:="[front]"
 
 Topics (names relative to the node): subscribes N/image_raw or N/image_raw/compressed per camera;
-publishes ~/caption (Caption), ~/annotated (Image, only while subscribed), /diagnostics.
+publishes ~/caption (Caption), ~/detections (vision_msgs/Detection2DArray, for answers and captions
+with boxes), ~/annotated (Image, only while subscribed), /diagnostics. Every output is a lifecycle
+publisher: an inactive node publishes nothing by construction. A peer with incompatible QoS is one
+throttled warning naming the topic, both policies and the fix, and a count in /diagnostics.
 Serves ~/ask as a service and as an action (streaming feedback, cancel).
 The engine loads on configure and is freed on cleanup; inference runs on one worker thread
 (worker.py) so callbacks, services and cancels stay responsive.
@@ -26,6 +29,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import Detection2DArray
 
 from ..action import Ask as AskAction
 from ..msg import Caption
@@ -42,7 +46,8 @@ from .bridge import (
     imgmsg_to_rgb,
     rgb_to_imgmsg,
 )
-from .messages import answer_msg, caption_msg
+from .messages import answer_msg, caption_msg, detections_msg
+from .qos_check import PublisherEventCallbacks, SubscriptionEventCallbacks, incompatible_message
 from .share import share_path
 from .worker import Frame, Job, Worker
 
@@ -56,6 +61,8 @@ REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64, reliability=
 # How long a finished goal's result waits for its client (rclpy's default is 900 s). Clients ask for
 # it as soon as the goal is accepted; a result nobody fetched in a minute is not coming.
 RESULT_TIMEOUT_S = 60
+# An incompatible peer reports once per discovery; a camera driver restarting in a loop would flood.
+QOS_WARNING_PERIOD_S = 10.0
 
 
 def _descriptor(p: P.Param) -> ParameterDescriptor:
@@ -88,8 +95,11 @@ class VLMNode(LifecycleNode):
         self._goals = {}
         self._goals_lock = threading.Lock()
         self.caption_pub = None
+        self.detections_pub = None
         self.annotated_pub = None
         self.diag_pub = None
+        self._qos_incompatible = {}  # topic -> incompatible-QoS events seen (for /diagnostics)
+        self._qos_lock = threading.Lock()
 
     def _guard_change_state(self) -> None:
         """Refuse lifecycle transitions that are not valid in the current state, with a log line.
@@ -183,13 +193,14 @@ class VLMNode(LifecycleNode):
             self.get_logger().error(f"cannot use the engine {engine}: {refused}")
             return TransitionCallbackReturn.FAILURE
         self.model_id = self.vlm.model_id
-        self.worker = Worker(self.vlm, self._publish_caption, self._publish_annotated_answer,
+        self.worker = Worker(self.vlm, self._publish_caption, self._publish_answer_boxes,
                              log_error=lambda m: self.get_logger().error(m),
                              log_refused=lambda m: self.get_logger().warning(m, throttle_duration_sec=5.0))
         self._apply_live(self._values())
-        self.caption_pub = self.create_publisher(Caption, "~/caption", 10)
-        self.annotated_pub = self.create_publisher(Image, "~/annotated", 2)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.caption_pub = self._output(Caption, "~/caption", 10)
+        self.detections_pub = self._output(Detection2DArray, "~/detections", 10)
+        self.annotated_pub = self._output(Image, "~/annotated", 2)
+        self.diag_pub = self._output(DiagnosticArray, "/diagnostics", 10)
         self._service = self.create_service(AskService, "~/ask", self._serve_ask, qos_profile=REQUEST_QOS,
                                             callback_group=self._group)
         self._action = ActionServer(self, AskAction, "~/ask", execute_callback=self._execute_ask,
@@ -219,16 +230,22 @@ class VLMNode(LifecycleNode):
                                                   check_compressed_imgmsg, compressed_imgmsg_to_rgb)
             else:
                 msg_type, topic, check, to_rgb = Image, f"{camera}/image_raw", check_imgmsg, imgmsg_to_rgb
+            fix = (f"Camera '{camera}': set the parameter qos_reliability to match it (best_effort "
+                   "also receives from reliable publishers).")
+            events = SubscriptionEventCallbacks(
+                incompatible_qos=self._on_incompatible_qos(topic, qos, "subscribes", fix))
             self._subs.append(self.create_subscription(
-                msg_type, topic, lambda m, c=camera, k=check, f=to_rgb: self._on_frame(c, m, k, f), qos))
+                msg_type, topic, lambda m, c=camera, k=check, f=to_rgb: self._on_frame(c, m, k, f), qos,
+                event_callbacks=events))
         self.worker.start()
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
         self._state = "active"
         self.get_logger().info(f"active: cameras {[c for c, _ in pairs]}, "
                                f"captions at {self._p('caption_rate_hz')} Hz")
-        return TransitionCallbackReturn.SUCCESS
+        return super().on_activate(state)  # enables the lifecycle publishers
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        super().on_deactivate(state)  # outputs off first: nothing is published from here on
         self._state = "inactive"
         self.worker.stop("node deactivated")
         for sub in self._subs:
@@ -257,10 +274,11 @@ class VLMNode(LifecycleNode):
             self._action.destroy()
         if self._service is not None:
             self.destroy_service(self._service)
-        for pub in (self.caption_pub, self.annotated_pub, self.diag_pub):
+        for pub in (self.caption_pub, self.detections_pub, self.annotated_pub, self.diag_pub):
             if pub is not None:
-                self.destroy_publisher(pub)
-        self._action = self._service = self.caption_pub = self.annotated_pub = self.diag_pub = None
+                self.destroy_lifecycle_publisher(pub)
+        self._action = self._service = None
+        self.caption_pub = self.detections_pub = self.annotated_pub = self.diag_pub = None
         self.worker = None
         self.vlm = None
 
@@ -275,11 +293,37 @@ class VLMNode(LifecycleNode):
             return
         self.worker.put_frame(camera, Frame(msg, to_rgb, time.monotonic()))
 
+    def _output(self, msg_type, topic: str, depth: int):
+        """A lifecycle publisher (enabled only while active) that reports incompatible subscribers."""
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth)
+        fix = "Subscribe with reliable, volatile QoS (or best_effort)."
+        events = PublisherEventCallbacks(
+            incompatible_qos=self._on_incompatible_qos(topic, qos, "publishes", fix))
+        return self.create_lifecycle_publisher(msg_type, topic, qos, event_callbacks=events)
+
+    def _on_incompatible_qos(self, topic: str, ours: QoSProfile, we_are: str, fix: str):
+        """The incompatible-QoS event callback of one of our topics: count it; say it at most once
+        every QOS_WARNING_PERIOD_S per topic."""
+        last_warning = [-QOS_WARNING_PERIOD_S]
+
+        def on_event(info) -> None:
+            name = self.resolve_topic_name(topic)
+            with self._qos_lock:
+                self._qos_incompatible[name] = self._qos_incompatible.get(name, 0) + info.total_count_change
+            if time.monotonic() - last_warning[0] < QOS_WARNING_PERIOD_S:
+                return
+            last_warning[0] = time.monotonic()
+            peers = (self.get_publishers_info_by_topic(name) if we_are == "subscribes"
+                     else self.get_subscriptions_info_by_topic(name))
+            theirs = [p.qos_profile for p in peers if p.node_name != self.get_name()]
+            message = incompatible_message(name, info.last_policy_kind, ours, theirs, we_are, fix)
+            self.get_logger().warning(message)
+
+        return on_event
+
     def _publish_caption(self, camera: str, frame: Frame, answer) -> None:
-        if self._state != "active":
-            return
         self.caption_pub.publish(caption_msg(answer, frame.header, camera, self.model_id))
-        self._publish_annotated(frame, answer)
+        self._publish_boxes(frame, answer)
 
     def _publish_annotated(self, frame: Frame, answer) -> None:
         # Drawing costs a frame copy and some text rendering: only when someone looks.
@@ -287,8 +331,14 @@ class VLMNode(LifecycleNode):
         if pub is not None and pub.get_subscription_count() > 0:
             pub.publish(rgb_to_imgmsg(draw_answer(frame.rgb, answer.text, answer.boxes), frame.header))
 
-    def _publish_annotated_answer(self, job: Job) -> None:
-        self._publish_annotated(job.frame, job.answer)
+    def _publish_boxes(self, frame: Frame, answer) -> None:
+        """~/detections (when the answer has boxes) and ~/annotated."""
+        if answer.boxes:
+            self.detections_pub.publish(detections_msg(answer, frame.header))
+        self._publish_annotated(frame, answer)
+
+    def _publish_answer_boxes(self, job: Job) -> None:
+        self._publish_boxes(job.frame, job.answer)
 
     # -- questions -------------------------------------------------------------------------------
     def _job_from(self, request) -> Job:
@@ -411,9 +461,15 @@ class VLMNode(LifecycleNode):
             values.update({"last_latency_s": f"{t.total_s:.3f}",
                            "last_decode_tokens_per_s": f"{t.decode_tokens_per_s:.1f}",
                            "last_vision_s": f"{t.vision_s:.3f}", "last_prefill_s": f"{t.prefill_s:.3f}"})
+        with self._qos_lock:
+            qos_incompatible = dict(self._qos_incompatible)
+        values.update({f"{topic}.qos_incompatible": n for topic, n in qos_incompatible.items()})
         level, message = DiagnosticStatus.OK, "running"
         if stale:
             level, message = DiagnosticStatus.WARN, f"no frames yet from {', '.join(stale)}"
+        if qos_incompatible:
+            level = DiagnosticStatus.WARN
+            message = f"incompatible QoS on {', '.join(sorted(qos_incompatible))}; " + message
         status = DiagnosticStatus(level=level, name=f"{self.get_fully_qualified_name()}: inference",
                                   message=message, hardware_id=self.vlm.backend,
                                   values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
