@@ -270,3 +270,36 @@ def test_cmakelists_generates_every_interface_file():
     # which rosidl_generate_interfaces already uses for this package name).
     assert "ament_python_install_package" not in re.sub(r"#.*", "", cmake)
     assert "lib/${PROJECT_NAME}" in cmake and (REPO / "scripts" / "vlm_node").stat().st_mode & 0o111
+
+
+def _built_type_hash(package: str, name: str) -> str:
+    """The RIHS01 type hash rosidl generated for package/msg/name, from its installed .json."""
+    import json
+    import sys
+
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        share = get_package_share_directory(package)
+    except Exception:  # the pip-wheel set-up has no ament index entry for every package
+        share = str(Path(sys.prefix) / "share" / package)
+    with open(Path(share) / "msg" / f"{name}.json") as f:
+        hashes = json.load(f)["type_hashes"]
+    return next(h["hash_string"] for h in hashes if h["type_name"] == f"{package}/msg/{name}")
+
+
+def test_vision_msgs_built_here_have_the_released_definitions_type_hash():
+    """vision_msgs is built in the venv from scripts/vision_msgs (4.1.1's definitions, unchanged):
+    its type hashes must be what those definitions give, computed independently by rosbags, which
+    agrees with rosidl on a wheel-installed package (sensor_msgs/Image)."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    assert _built_type_hash("sensor_msgs", "Image") == store.hash_rihs01("sensor_msgs/msg/Image")
+    types = {}
+    for path in sorted((REPO / "scripts" / "vision_msgs" / "msg").glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"vision_msgs/msg/{path.stem}"))
+    store.register(types)
+    assert len(types) == 16
+    for name in ("Detection2DArray", "Detection2D", "BoundingBox2D", "ObjectHypothesisWithPose", "LabelInfo"):
+        assert _built_type_hash("vision_msgs", name) == store.hash_rihs01(f"vision_msgs/msg/{name}"), name
