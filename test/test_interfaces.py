@@ -46,7 +46,7 @@ FIELDS = {
     },
     Caption: {
         "header": "std_msgs/Header", "camera": "string", "text": "string", "prompt": "string",
-        "model_id": "string", "timings": "mobilevlm_ros/Timings",
+        "model_id": "string", "timings": "mobilevlm_ros/Timings", "reused": "boolean",
     },
     GroundedAnswer: {
         "header": "std_msgs/Header", "camera": "string", "question": "string", "text": "string",

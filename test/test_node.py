@@ -286,7 +286,9 @@ def _rss_mb() -> float:
 
 
 def test_fast_camera_drops_frames_without_growing_memory_or_latency(harness):
-    h = harness(caption_rate_hz=30.0, max_new_tokens=4).start()
+    # change_threshold 0: the flood is one frame over and over, which would otherwise be re-captioned
+    # without inference (test_unchanged_frames_...): here inference must be the slow part.
+    h = harness(caption_rate_hz=30.0, max_new_tokens=4, change_threshold=0.0).start()
     decoder = h.node.vlm.decoder
     original = decoder.run
     decoder.run = lambda e: (time.sleep(0.01), original(e))[1]  # inference clearly slower than the camera
@@ -534,3 +536,18 @@ def test_a_qos_mismatch_is_one_clear_warning_and_counted(harness, capfd):
     assert any("/vlm/caption: incompatible QoS (DURABILITY): this node publishes with volatile, "
                "the subscriber has transient_local" in s for s in err.splitlines()), err
     h.client.destroy_subscription(late_joiner)
+
+
+def test_unchanged_frames_republish_the_caption_marked_reused(harness):
+    h = harness(caption_rate_hz=20.0).start()  # change_threshold: the default
+    rgb = frame(21, w=96, h=72)
+    for i in range(3):
+        h.publish("front", image_msg(rgb, stamp_s=100 + i))
+        wait_for(lambda: any(c.header.stamp.sec == 100 + i for c in h.captions), what=f"caption {i}")
+    captions = [next(c for c in h.captions if c.header.stamp.sec == 100 + i) for i in range(3)]
+    assert [c.reused for c in captions] == [False, True, True]
+    assert len({c.text for c in captions}) == 1 and captions[1].timings.total_s == 0.0
+    h.publish("front", image_msg(frame(22, w=96, h=72), stamp_s=200))  # another scene
+    wait_for(lambda: any(c.header.stamp.sec == 200 for c in h.captions), what="caption of the new scene")
+    assert not next(c for c in h.captions if c.header.stamp.sec == 200).reused
+    assert h.stats("front.captions_reused") == 2 and h.stats("front.captions") == 2

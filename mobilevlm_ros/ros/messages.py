@@ -25,7 +25,7 @@ def box_msg(b: Box) -> BoundingBox:
 
 def caption_msg(answer: Answer, header, camera: str, model_id: str) -> Caption:
     return Caption(header=header, camera=camera, text=answer.text, prompt=answer.prompt, model_id=model_id,
-                   timings=timings_msg(answer.timings))
+                   timings=timings_msg(answer.timings), reused=answer.reused)
 
 
 def answer_msg(answer: Answer, header, camera: str, model_id: str) -> GroundedAnswer:

@@ -173,6 +173,7 @@ class VLMNode(LifecycleNode):
         w.caption_rate_hz = float(values["caption_rate_hz"])
         w.caption_prompt = values["caption_prompt"]
         w.max_queue = int(values["max_queue"])
+        w.change_threshold = float(values["change_threshold"])
         w.caption_params = P.generation_params(values)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -453,7 +454,8 @@ class VLMNode(LifecycleNode):
         stale = []
         for cam, st in snap.cameras.items():
             values.update({f"{cam}.frames_received": st.received, f"{cam}.frames_dropped": st.dropped,
-                           f"{cam}.frames_refused": st.refused, f"{cam}.captions": st.captions})
+                           f"{cam}.frames_refused": st.refused, f"{cam}.captions": st.captions,
+                           f"{cam}.captions_reused": st.reused})
             if st.received == 0:
                 stale.append(cam)
         t = snap.last_timings

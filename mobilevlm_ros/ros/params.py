@@ -91,6 +91,10 @@ PARAMS = (
     Param("temperature", 0.0, "sampling temperature; 0: greedy, as the model was evaluated",
           (0.0, MAX_TEMPERATURE), True),
     Param("top_p", 1.0, "nucleus sampling mass (with temperature > 0)", (0.01, 1.0), True),
+    Param("change_threshold", 8.0,
+          "a camera frame whose 24 x 32 grid of cell means all moved by less than this (grey levels) "
+          "since the frame of its last caption is the same scene: the caption is re-published "
+          "(reused: true) without inference; 0: off", (0.0, 255.0), True),
     Param("max_queue", 2, "questions that may wait while one is answered; more are refused as busy",
           (0, 8), True),
     Param("diagnostics_period_s", 1.0, "how often /diagnostics is published", (0.1, 60.0)),

@@ -6,6 +6,10 @@
 - Questions (service and action) wait in a bounded queue; one past its size is refused as busy.
 - Captions: each camera is captioned at most every 1/rate seconds, on its newest frame, when no
   question is waiting (questions come first: a person is waiting for them).
+- Unchanged frames (runtime/change.py, `change_threshold` > 0): a frame that shows the same scene as
+  the one the camera's last caption was computed from gets that caption again (`reused`), without
+  vision or prefill; a question about it is asked about that same frame, so the VLM's cached image
+  prefix answers it. One frame and one caption are kept per camera.
 No rclpy here: the node (node.py) turns messages into calls and answers into messages.
 """
 
@@ -14,11 +18,12 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Deque, Dict, Optional
 
 import numpy as np
 
+from ..runtime.change import cell_means, scene_changed
 from ..runtime.errors import ImageError, VLMError
 from ..runtime.generation import GenerationParams
 from ..runtime.types import Answer, Timings
@@ -67,8 +72,19 @@ class CameraStats:
     received: int = 0
     dropped: int = 0  # replaced before inference used them
     refused: int = 0  # could not be converted (on arrival by the node's check, or when used)
-    captions: int = 0
+    captions: int = 0  # computed
+    reused: int = 0  # captions re-published for an unchanged frame
     last_caption_at: float = 0.0
+
+
+@dataclass
+class _Scene:
+    """What inference last used of a camera: its cell means, pixels, and caption (if it was one)."""
+
+    means: np.ndarray
+    rgb: np.ndarray
+    caption: Optional[Answer] = None
+    caption_key: tuple = ()  # (caption prompt, generation params) the caption answered
 
 
 @dataclass
@@ -94,6 +110,8 @@ class Worker:
         self.caption_rate_hz = 0.0
         self.caption_prompt: Optional[str] = None
         self.caption_params = GenerationParams()
+        self.change_threshold = 0.0  # grey levels; 0: every frame is a new scene
+        self._scenes: Dict[str, _Scene] = {}  # per camera: the last frame inference used
         self.max_queue = 2
         self._frames: Dict[str, Optional[Frame]] = {}
         self._fresh: Dict[str, bool] = {}  # newest frame not yet used by a caption
@@ -204,6 +222,15 @@ class Worker:
                 self._caption(work[1], work[2])
             work = None  # a finished question's frame (a request image: megabytes) is not kept while idle
 
+    def _same_scene(self, camera: str, rgb: np.ndarray) -> "tuple[Optional[_Scene], np.ndarray]":
+        """(the camera's last scene if `rgb` still shows it, else None; rgb's cell means)."""
+        means = cell_means(rgb) if self.change_threshold > 0 else np.zeros(0, np.float32)
+        last = self._scenes.get(camera)
+        if (last is None or self.change_threshold <= 0
+                or scene_changed(means, last.means, self.change_threshold)):
+            return None, means
+        return last, means
+
     def _caption(self, camera: str, frame: Frame) -> None:
         try:
             rgb = frame.rgb
@@ -212,16 +239,36 @@ class Worker:
                 self.stats[camera].refused += 1
             self.log_refused(f"camera '{camera}': frame refused: {e}")
             return
+        key = (self.caption_prompt, self.caption_params)
+        last, means = self._same_scene(camera, rgb)
+        if last is not None and last.caption is not None and last.caption_key == key:
+            with self._cv:
+                self.stats[camera].reused += 1
+            self.on_caption(camera, frame, replace(last.caption, timings=Timings(), reused=True))
+            return
         try:
             answer = self.vlm.describe(rgb, self.caption_prompt, self.caption_params)
         except Exception as e:  # an engine failure: log, keep captioning the next frames
             self.log_error(f"caption of camera '{camera}' failed: {e}")
             return
         answer.timings.queue_s = time.monotonic() - frame.received - answer.timings.total_s
+        self._scenes[camera] = _Scene(means, rgb, answer, key)
         with self._cv:
             self.stats[camera].captions += 1
             self._last_timings = answer.timings
         self.on_caption(camera, frame, answer)
+
+    def _question_image(self, job: Job) -> np.ndarray:
+        """The pixels to ask about: for a camera's frame that shows the scene inference last saw,
+        that frame (its image prefix is still in the decoder's cache); else the job's own."""
+        rgb = job.frame.rgb
+        if not job.camera:
+            return rgb
+        last, means = self._same_scene(job.camera, rgb)
+        if last is not None:
+            return last.rgb
+        self._scenes[job.camera] = _Scene(means, rgb)
+        return rgb
 
     def _answer(self, job: Job) -> None:
         shown = ""
@@ -236,7 +283,8 @@ class Worker:
             if job.cancel.is_set():  # cancelled while it waited
                 raise VLMError("cancelled before it started")
             queue_s = time.monotonic() - job.queued_s
-            job.answer = self.vlm.describe(job.frame.rgb, job.question, job.params, cancel=job.cancel,
+            rgb = self._question_image(job)
+            job.answer = self.vlm.describe(rgb, job.question, job.params, cancel=job.cancel,
                                            on_text=on_text if job.on_text is not None else None)
             job.answer.timings.queue_s = queue_s
             with self._cv:

@@ -63,6 +63,7 @@ class Answer:
     finish_reason: str = ""  # "eos", "stop", "length", "cancelled"
     timings: Timings = field(default_factory=Timings)
     image_size: Optional[tuple] = None  # (width, height) of the source image
+    reused: bool = False  # the node re-published an earlier caption for an unchanged frame
 
     def to_dict(self) -> dict:
         d = asdict(self)
