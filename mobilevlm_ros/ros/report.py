@@ -51,14 +51,17 @@ def summary(events: List[Event], captions: list, answers: list, timing_errors: L
         elif "answer" in truth:
             counted += 1
             counted_ok += a.text.strip().rstrip(".").lower() == str(truth["answer"]).lower()
-    return {"frames": frames, "captions": len(captions), "answers": len(answers),
+    computed = [c for c in captions if not c.reused]
+    return {"frames": frames, "captions": len(captions), "captions_reused": len(captions) - len(computed),
+            "caption_compute_s": sum(c.timings.total_s for c in computed), "answers": len(answers),
             "grounding_iou50": [grounded_ok, grounded], "counting": [counted_ok, counted],
             "timing_error_max_s": max((abs(t) for t in timing_errors), default=0.0)}
 
 
 def summary_text(s: dict, out_bag: str) -> str:
     g, c = s["grounding_iou50"], s["counting"]
-    return (f"{s['frames']} frames, {s['captions']} captions, {s['answers']} answers; "
+    reused = f" ({s['captions_reused']} reused)" if s.get("captions_reused") else ""
+    return (f"{s['frames']} frames, {s['captions']} captions{reused}, {s['answers']} answers; "
             f"grounding IoU>=0.5 {g[0]}/{g[1]}, counting {c[0]}/{c[1]}; "
             f"timing error max {s['timing_error_max_s'] * 1e3:.0f} ms; wrote {out_bag}")
 

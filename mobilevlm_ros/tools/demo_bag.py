@@ -17,7 +17,10 @@ import sys
 
 
 def record(out: str, frames: int = 12, fps: float = 2.0, camera: str = "front", seed: int = 20_000_000,
-           storage: str = "sqlite3", width: int = 320, height: int = 240) -> str:
+           storage: str = "sqlite3", width: int = 320, height: int = 240, static: bool = False) -> str:
+    """static: one scene in every frame, with fresh sensor noise (sigma 3 grey levels) each time: a
+    parked robot's camera, for measuring what unchanged frames cost."""
+    import numpy as np
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
@@ -29,10 +32,14 @@ def record(out: str, frames: int = 12, fps: float = 2.0, camera: str = "front", 
     period_ns = int(1e9 / fps)
     with bags.BagWriter(out, storage) as bag:
         for i in range(frames):
-            scene = scenes.make_scene(seed + i, width, height)
+            scene = scenes.make_scene(seed if static else seed + i, width, height)
+            pixels = scene.image
+            if static:
+                noise = np.random.default_rng(i).normal(0.0, 3.0, pixels.shape)
+                pixels = np.clip(pixels + noise, 0, 255).astype(np.uint8)
             t = start_ns + i * period_ns
             img = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=3 * width,
-                        data=scene.image.tobytes())
+                        data=pixels.tobytes())
             img.header.stamp.sec, img.header.stamp.nanosec = divmod(t, 10**9)
             img.header.frame_id = f"{camera}_optical_frame"
             bag.write(f"/{camera}/image_raw", "sensor_msgs/msg/Image", t, serialize_message(img))
@@ -66,9 +73,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=20_000_000,
                    help="first scene seed (training used other seeds)")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
+    p.add_argument("--static", action="store_true",
+                   help="one scene in every frame, with fresh sensor noise (a parked robot)")
     a = p.parse_args(argv)
     try:
-        record(a.out, a.frames, a.fps, a.camera, a.seed, a.storage)
+        record(a.out, a.frames, a.fps, a.camera, a.seed, a.storage, static=a.static)
     except (OSError, ValueError) as e:
         print(f"mobilevlm-demo-bag: error: {e}", file=sys.stderr)
         return 1

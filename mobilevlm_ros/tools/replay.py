@@ -32,7 +32,8 @@ from typing import Dict, Optional
 
 def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
            questions: Optional[str] = None, annotated: bool = False, max_new_tokens: int = 48,
-           storage: str = "sqlite3", quiet: bool = False, node: str = "/vlm") -> dict:
+           storage: str = "sqlite3", quiet: bool = False, node: str = "/vlm",
+           change_threshold: Optional[float] = None) -> dict:
     """Play `in_bag` into the node `node` (started here on `engine` if given), record its outputs to
     `out_bag`; the summary (report.summary)."""
     import rclpy
@@ -49,7 +50,7 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
     vlm = replay_node = executor = spin = None
     try:
         if engine:
-            vlm = _start_vlm_node(node, engine, transports, max_new_tokens, context)
+            vlm = _start_vlm_node(node, engine, transports, max_new_tokens, context, change_threshold)
         replay_node = rclpy.create_node("mobilevlm_replay", context=context)
         player = Player(replay_node, node, transports)
         recorder = Recorder(replay_node, node, annotated,
@@ -88,7 +89,8 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
     return report.summary(events, recorder.captions, recorder.answers, timing_errors)
 
 
-def _start_vlm_node(node: str, engine: str, transports: Dict[str, str], max_new_tokens: int, context):
+def _start_vlm_node(node: str, engine: str, transports: Dict[str, str], max_new_tokens: int, context,
+                    change_threshold: Optional[float] = None):
     """The VLM node named `node`, configured for the bag's cameras and active. Reliable camera QoS, a
     deep queue and captions as fast as it can: a replay wants every frame it can get captioned."""
     from rclpy.lifecycle import TransitionCallbackReturn
@@ -104,7 +106,9 @@ def _start_vlm_node(node: str, engine: str, transports: Dict[str, str], max_new_
         Parameter("transports", value=[transports[c] for c in cameras]),
         Parameter("caption_rate_hz", value=30.0), Parameter("max_new_tokens", value=max_new_tokens),
         Parameter("qos_reliability", value="reliable"), Parameter("qos_depth", value=10),
-        Parameter("max_queue", value=8)])
+        Parameter("max_queue", value=8)]
+        + ([] if change_threshold is None
+           else [Parameter("change_threshold", value=float(change_threshold))]))
     if (vlm.trigger_configure() != TransitionCallbackReturn.SUCCESS
             or vlm.trigger_activate() != TransitionCallbackReturn.SUCCESS):
         vlm.trigger_shutdown()
@@ -137,6 +141,8 @@ def main(argv=None) -> int:
     p.add_argument("--annotated", action="store_true", help="also record the node's annotated frames")
     p.add_argument("--frames-png", metavar="PNG", help="write the annotated frames as one strip image")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--change-threshold", type=float,
+                   help="--engine: the node's change_threshold (0: caption every frame; default: the node's)")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--compare", metavar="EXPECTED_BAG",
@@ -156,7 +162,8 @@ def main(argv=None) -> int:
 
     try:
         summary = replay(a.bag, a.out, a.engine, a.rate, a.questions, a.annotated or bool(a.frames_png),
-                         a.max_new_tokens, a.storage, quiet=a.json, node=a.node)
+                         a.max_new_tokens, a.storage, quiet=a.json, node=a.node,
+                         change_threshold=a.change_threshold)
         if a.frames_png:
             summary["frames_png"] = report.write_strip(a.out, a.frames_png)
         if a.compare:
