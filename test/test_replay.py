@@ -238,3 +238,17 @@ def test_split_node_name():
     assert split_node_name("/vlm") == ("/", "vlm")
     assert split_node_name("/robot1/vlm") == ("/robot1", "vlm")
     assert split_node_name("/a/b/vlm_2") == ("/a/b", "vlm_2")
+
+
+def test_a_static_bag_reuses_captions_and_a_moving_one_misses_no_change(engine, first_run, tmp_path):
+    """A parked camera (one scene, fresh noise per frame): one caption computed, the rest re-published,
+    the same texts as captioning every frame. The moving demo bag: nothing reused, the same outputs."""
+    static = record(str(tmp_path / "static"), frames=6, static=True)
+    every = R.replay(static, str(tmp_path / "every"), engine, rate=0, quiet=True, change_threshold=0.0)
+    skipping = R.replay(static, str(tmp_path / "skipping"), engine, rate=0, quiet=True)  # the default
+    assert (every["captions"], every["captions_reused"]) == (6, 0)
+    assert (skipping["captions"], skipping["captions_reused"]) == (6, 5)
+    assert skipping["caption_compute_s"] < every["caption_compute_s"]
+    assert report.compare(str(tmp_path / "skipping"), str(tmp_path / "every"))["ok"]
+    _, summary = first_run  # the moving bag, with the default change_threshold
+    assert summary["captions_reused"] == 0
