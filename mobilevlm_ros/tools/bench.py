@@ -2,6 +2,7 @@
 
   mobilevlm-bench ENGINE_DIR [--reference CHECKPOINT]
   mobilevlm-bench --synthetic v2-1.7b --precision int4     # makes (once) and measures a random-weight model
+  mobilevlm-bench --node [ENGINE_DIR] [--cameras 1 4] ...   # the node under a fixed camera load
 
 Prints, for our engine and for the transformers PyTorch fp32 reference: vision ms, prefill tokens/s,
 decode tokens/s, time to first token, end-to-end caption latency (N new tokens), peak RSS; and the
@@ -209,7 +210,21 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=CACHE, help="where synthetic checkpoints and engines are cached")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here ('-' for stdout)")
     p.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    node = p.add_argument_group("--node: the VLM node under load (default engine: the demo)")
+    node.add_argument("--node", action="store_true", help="benchmark the node, not the engine")
+    node.add_argument("--cameras", type=int, nargs="+", default=[1, 4], help="camera counts to run")
+    node.add_argument("--format", nargs="+", default=["raw640", "jpeg720"], choices=["raw640", "jpeg720"])
+    node.add_argument("--duration", type=float, default=20.0, help="seconds of load per run")
+    node.add_argument("--fps", type=float, default=30.0, help="frames per second and camera")
+    node.add_argument("--question-rate", type=float, default=0.5, help="questions per second (all cameras)")
+    node.add_argument("--caption-rate", type=float, default=2.0, help="the node's caption_rate_hz")
+    node.add_argument("--change-threshold", type=float, default=0.0,
+                      help="the node's change_threshold (0: every caption runs inference)")
     a = p.parse_args(argv)
+    if a.node:
+        from . import node_bench
+
+        return node_bench.main(a)
     from ..runtime.sessions import default_threads
 
     a.threads = a.threads or default_threads()
