@@ -75,8 +75,7 @@ def test_params_table_checks_refuse_bad_values():
 NO_LAUNCH_ROS = importlib.util.find_spec("launch_ros") is None
 
 
-@pytest.mark.skipif(NO_LAUNCH_ROS,
-                    reason="launch_ros is not on PyPI; the launch file is checked on real ROS installs")
+@pytest.mark.skipif(NO_LAUNCH_ROS, reason="launch_ros is not on PyPI; checked on real ROS installs")
 def test_launch_file_describes_the_node():
     spec = importlib.util.spec_from_file_location("vlm_launch", os.path.join(ROOT, "launch", "vlm.launch.py"))
     mod = importlib.util.module_from_spec(spec)

@@ -213,8 +213,7 @@ def test_pointer_loss_is_the_real_attention_of_its_head():
 
 # --- the committed engine -----------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(ENGINE, "manifest.json")),
-                    reason="engines/demo not built")
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ENGINE, "manifest.json")), reason="no engines/demo")
 def test_demo_engine_accuracy_floor():
     from mobilevlm_ros.demo.evaluate import evaluate
 
