@@ -31,13 +31,9 @@ def parse_cameras(text: str) -> List[str]:
     names = [name.strip().strip("'\"") for name in items.split(",")]
     if names == [""]:
         raise ValueError(f"cameras: {text!r} names no camera (leave it out for the params file's cameras)")
-    for name in names:
-        if not P.CAMERA_NAME.match(name):
-            raise ValueError(f"cameras: invalid camera name {name!r} in {text!r}: "
-                             "letters, digits, '_' and '/' only, starting with a letter")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"cameras: {', '.join(repeated)} named more than once")
+    reason = P.check("cameras", names)  # the node's own check of the parameter
+    if reason:
+        raise ValueError(f"{reason} (cameras:={text!r})")
     return names
 
 

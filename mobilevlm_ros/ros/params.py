@@ -34,11 +34,11 @@ RELIABILITIES = ("best_effort", "reliable")
 def _camera_names(v: Any) -> str:
     if not v:
         return "must name at least one camera"
-    if len(set(v)) != len(v):
-        return "camera names must be unique"
     bad = [c for c in v if not CAMERA_NAME.match(c)]
-    return (f"invalid camera name(s) {bad}: letters, digits, '_' and '/' only, starting with a letter"
-            if bad else "")
+    if bad:
+        return f"invalid camera name {bad[0]!r}: letters, digits, '_' and '/' only, starting with a letter"
+    repeated = sorted({c for c in v if v.count(c) > 1})
+    return f"{', '.join(repeated)} named more than once: camera names must be unique" if repeated else ""
 
 
 def _transports(v: Any) -> str:

@@ -132,11 +132,9 @@ class Player:
             wait_until(lambda: pub.get_subscription_count() > 0, timeout,
                        f"the node to subscribe to camera {cam} ({pub.topic_name})")
 
-    def publish_frame(self, event: Event) -> int:
-        """Publish a frame event's recorded bytes, as they are; its source stamp."""
-        msg = deserialize_message(event.data, CompressedImage if event.compressed else Image)
+    def publish_frame(self, event: Event) -> None:
+        """Publish a frame event's recorded bytes, as they are."""
         self.publishers[event.camera].publish(event.data)
-        return stamp_ns(msg.header)
 
     def ask(self, q: dict):
         """Ask a question dict through ~/ask; the future of its response."""
@@ -158,9 +156,13 @@ class Player:
                 if e.kind == "frame":
                     timing_errors.append(time.monotonic() - due)
             if e.kind == "frame":
-                stamp = self.publish_frame(e)
-                if rate == 0 and not wait_for_caption(stamp, 120.0):
-                    print(f"warning: no caption for the frame stamped {stamp} within 120 s", file=sys.stderr)
+                self.publish_frame(e)
+                if rate == 0:  # lock-step: wait for its caption (the whole frame is decoded for its stamp)
+                    msg = deserialize_message(e.data, CompressedImage if e.compressed else Image)
+                    stamp = stamp_ns(msg.header)
+                    if not wait_for_caption(stamp, 120.0):
+                        print(f"warning: no caption for the frame stamped {stamp} within 120 s",
+                              file=sys.stderr)
             else:
                 fut = self.ask(e.data)
                 pending.append((e.data, fut))
