@@ -305,15 +305,16 @@ class VLMNode(LifecycleNode):
     def _on_incompatible_qos(self, topic: str, ours: QoSProfile, we_are: str, fix: str):
         """The incompatible-QoS event callback of one of our topics: count it; say it at most once
         every QOS_WARNING_PERIOD_S per topic."""
-        last_warning = [-QOS_WARNING_PERIOD_S]
+        last_warning = -QOS_WARNING_PERIOD_S
 
         def on_event(info) -> None:
+            nonlocal last_warning
             name = self.resolve_topic_name(topic)
             with self._qos_lock:
                 self._qos_incompatible[name] = self._qos_incompatible.get(name, 0) + info.total_count_change
-            if time.monotonic() - last_warning[0] < QOS_WARNING_PERIOD_S:
+            if time.monotonic() - last_warning < QOS_WARNING_PERIOD_S:
                 return
-            last_warning[0] = time.monotonic()
+            last_warning = time.monotonic()
             peers = (self.get_publishers_info_by_topic(name) if we_are == "subscribes"
                      else self.get_subscriptions_info_by_topic(name))
             theirs = [p.qos_profile for p in peers if p.node_name != self.get_name()]
