@@ -96,6 +96,17 @@ def vision_to_fp16(path: str) -> None:
     onnx.save(m, path)
 
 
+def vision_precision_for(precision: str, target: str) -> str:
+    """The vision graph's precision. On CPU int4/int8 engines get dynamic int8 (MatMulInteger: fast
+    on VNNI/AVX2 kernels); on a GPU every non-fp32 engine gets fp16, which tensor cores run and
+    TensorRT takes whole (its int8 needs calibration, onnxruntime's dynamic int8 ops are CPU-first)."""
+    if precision == "fp32":
+        return "fp32"
+    if target == "cuda":
+        return "fp16"
+    return "int8"
+
+
 def write_llama_folder(llm, folder: str, dtype: torch.dtype, write_tokenizer: Callable[[str], None]) -> None:
     """A LlamaForCausalLM as a plain Hugging Face folder: what the genai builder reads."""
     cfg = llm.config.to_dict()
@@ -224,14 +235,11 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
 
     t0 = time.time()
     export_vision(model, os.path.join(out, "vision.onnx"))
-    if precision in ("int8", "int4"):
+    vision_precision = vision_precision_for(precision, target)
+    if vision_precision == "int8":
         quantize_vision_int8(os.path.join(out, "vision.onnx"))
-        vision_precision = "int8"
-    elif precision == "fp16" and target == "cuda":
+    elif vision_precision == "fp16":
         vision_to_fp16(os.path.join(out, "vision.onnx"))
-        vision_precision = "fp16"
-    else:
-        vision_precision = "fp32"
     log(f"vision graph ({vision_precision}) in {time.time() - t0:.1f}s")
 
     t0 = time.time()

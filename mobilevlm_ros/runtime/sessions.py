@@ -18,7 +18,8 @@ def default_threads() -> int:
 
 
 def choose_providers(target: str, backend: str = "auto", cache_dir: Optional[str] = None) -> List:
-    """Providers in order of preference. `backend` forces one; "auto" follows the engine's target."""
+    """Providers in order of preference. `backend` forces one; "auto" follows the engine's target.
+    `cache_dir`: where TensorRT keeps its built engines and kernel timings (see trt_cache_dir)."""
     if backend not in BACKENDS:
         raise EngineError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     available = ort.get_available_providers()
@@ -27,8 +28,9 @@ def choose_providers(target: str, backend: str = "auto", cache_dir: Optional[str
     providers: List = []
     if "tensorrt" in wanted and "TensorrtExecutionProvider" in available:
         opts = {"trt_fp16_enable": True}
-        if cache_dir:  # building TensorRT engines takes minutes: cache them beside the engine
-            opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache_dir)
+        if cache_dir:  # building TensorRT engines takes minutes: keep them and the kernel timings
+            opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache_dir,
+                        trt_timing_cache_enable=True, trt_timing_cache_path=cache_dir)
         providers.append(("TensorrtExecutionProvider", opts))
     if "cuda" in wanted and "CUDAExecutionProvider" in available:
         providers.append("CUDAExecutionProvider")
@@ -36,6 +38,21 @@ def choose_providers(target: str, backend: str = "auto", cache_dir: Optional[str
         raise EngineError(f"backend {backend!r} requested but onnxruntime offers only {', '.join(available)}")
     providers.append("CPUExecutionProvider")
     return providers
+
+
+def without_tensorrt(providers: List) -> List:
+    """The decoder's providers. TensorRT has no GroupQueryAttention or MatMulNBits kernels (they
+    would run on CUDA between TensorRT islands) and the decoder's sequence length changes every
+    call, which makes TensorRT build an engine per new shape; onnxruntime's CUDA kernels run it."""
+    return [p for p in providers if (p if isinstance(p, str) else p[0]) != "TensorrtExecutionProvider"]
+
+
+def trt_cache_dir(engine_dir: str, graph_sha256: str) -> str:
+    """Beside the engine when its folder is writable; else (an installed, read-only share folder)
+    in the user's cache, under the graph's hash so two engines never share built plans."""
+    if os.access(engine_dir, os.W_OK):
+        return os.path.join(engine_dir, "trt_cache")
+    return os.path.join(os.path.expanduser("~"), ".cache", "mobilevlm_ros", "trt_cache", graph_sha256[:16])
 
 
 def make_session(path: str, providers: List, threads: int = 0) -> ort.InferenceSession:

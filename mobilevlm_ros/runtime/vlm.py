@@ -12,7 +12,6 @@ question about the same frame costs only its own tokens (one entry: nothing grow
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from .prompt import (
     check_prompt_length,
     tokenize_prompt,
 )
-from .sessions import choose_providers, provider_names
+from .sessions import choose_providers, provider_names, trt_cache_dir, without_tensorrt
 from .tokenizer import Tokenizer
 from .types import Answer, Timings
 
@@ -58,8 +57,8 @@ class VLM:
                  verify: bool = True):
         self.manifest = mf.load(engine_dir, verify=verify)
         m = self.manifest.model
-        providers = choose_providers(self.manifest.target, backend,
-                                     cache_dir=os.path.join(engine_dir, "trt_cache"))
+        trt_cache = trt_cache_dir(engine_dir, self.manifest.files["vision"]["sha256"])
+        providers = choose_providers(self.manifest.target, backend, cache_dir=trt_cache)
         self.tokenizer = self._load("tokenizer", Tokenizer)
         if self.tokenizer.vocab_size > m["vocab_size"]:
             raise EngineError(f"engine file {self.manifest.files['tokenizer']['path']}: "
@@ -67,7 +66,8 @@ class VLM:
                               "re-run mobilevlm-export")
         self.vision = self._load("vision", lambda _: VisionEngine(self.manifest, providers, threads))
         self.decoder = self._load("decoder",
-                                  lambda _: DecoderEngine(self.manifest, providers, threads, max_length))
+                                  lambda _: DecoderEngine(self.manifest, without_tensorrt(providers),
+                                                          threads, max_length))
         # Memory-mapped: only the rows of tokens actually used are ever read. No pickles: it is data.
         self.table = self._load("embeddings", lambda path: np.load(path, mmap_mode="r", allow_pickle=False))
         if (self.table.shape != (m["vocab_size"], m["hidden_size"])
@@ -79,7 +79,9 @@ class VLM:
         self.mean = m.get("image_mean", CLIP_MEAN)
         self.std = m.get("image_std", CLIP_STD)
         self.model_id = m.get("id", "")
-        self.backend = provider_names(self.decoder.session)[0]
+        # e.g. "cpu", "cuda", "tensorrt+cuda" (TensorRT runs the vision graph, CUDA the decoder)
+        self.backend = "+".join(dict.fromkeys(provider_names(engine.session)[0]
+                                              for engine in (self.vision, self.decoder)))
         self._cached_head: Optional[tuple] = None  # token ids at the decoder's first positions
         self._cached_image: Optional[str] = None  # key of the image that follows them
 
