@@ -68,13 +68,13 @@ class MobileVLM(nn.Module):
         for t in input_ids:
             if t == IMAGE_TOKEN_INDEX:
                 if text:
-                    parts.append(table(torch.tensor([text])))
+                    parts.append(table(torch.tensor([text], device=table.weight.device)))
                     text = []
                 parts.append(image_embeds.to(table.weight.dtype))
             else:
                 text.append(t)
         if text:
-            parts.append(table(torch.tensor([text])))
+            parts.append(table(torch.tensor([text], device=table.weight.device)))
         return torch.cat(parts, dim=1)
 
     @torch.no_grad()
