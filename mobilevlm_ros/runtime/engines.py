@@ -36,9 +36,9 @@ def run_session(session: ort.InferenceSession, what: str, run):
 class VisionEngine:
     """pixels (1, 3, S, S) float32 -> image embeddings (T, H) float32."""
 
-    def __init__(self, manifest: Manifest, providers: List, threads: int = 0):
+    def __init__(self, manifest: Manifest, providers: List, threads: int = 0, profile_prefix: str = ""):
         self.file = manifest.files["vision"]["path"]
-        self.session = make_session(manifest.path("vision"), providers, threads)
+        self.session = make_session(manifest.path("vision"), providers, threads, profile_prefix)
         self.input = self.session.get_inputs()[0].name
         out = self.session.get_outputs()[0]
         m = manifest.model
@@ -57,14 +57,15 @@ class VisionEngine:
 class DecoderEngine:
     """A LLaMA decoder fed `inputs_embeds`, with an in-place KV cache of `max_length` positions."""
 
-    def __init__(self, manifest: Manifest, providers: List, threads: int = 0, max_length: int = 0):
+    def __init__(self, manifest: Manifest, providers: List, threads: int = 0, max_length: int = 0,
+                 profile_prefix: str = ""):
         m, io = manifest.model, manifest.data["decoder_io"]
         self.file = manifest.files["decoder"]["path"]
         if m["head_dim"] % HEAD_DIM_MULTIPLE:
             raise EngineError(f"engine file {self.file}: head_dim {m['head_dim']} is not a multiple of "
                               f"{HEAD_DIM_MULTIPLE}, which onnxruntime's GroupQueryAttention needs; "
                               "this model cannot run here (mobilevlm-export refuses such models)")
-        self.session = make_session(manifest.path("decoder"), providers, threads)
+        self.session = make_session(manifest.path("decoder"), providers, threads, profile_prefix)
         self.hidden = m["hidden_size"]
         self.vocab = m["vocab_size"]
         self.max_length = min(max_length or m["context_length"], m["context_length"])

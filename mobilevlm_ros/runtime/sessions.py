@@ -55,8 +55,14 @@ def trt_cache_dir(engine_dir: str, graph_sha256: str) -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "mobilevlm_ros", "trt_cache", graph_sha256[:16])
 
 
-def make_session(path: str, providers: List, threads: int = 0) -> ort.InferenceSession:
+def make_session(path: str, providers: List, threads: int = 0,
+                 profile_prefix: str = "") -> ort.InferenceSession:
+    """profile_prefix: write onnxruntime's per-node timings (JSON) to a file starting so, for
+    mobilevlm-bench --profile; session.end_profiling() names the file."""
     so = ort.SessionOptions()
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

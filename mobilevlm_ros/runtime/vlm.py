@@ -54,7 +54,8 @@ class VLM:
     """A MobileVLM engine directory, loaded. Not thread-safe: one request at a time."""
 
     def __init__(self, engine_dir: str, backend: str = "auto", threads: int = 0, max_length: int = 0,
-                 verify: bool = True):
+                 verify: bool = True, profile_prefix: str = ""):
+        """profile_prefix: onnxruntime profiles of both engines go to files starting so (benchmarks)."""
         self.manifest = mf.load(engine_dir, verify=verify)
         m = self.manifest.model
         trt_cache = trt_cache_dir(engine_dir, self.manifest.files["vision"]["sha256"])
@@ -64,10 +65,12 @@ class VLM:
             raise EngineError(f"engine file {self.manifest.files['tokenizer']['path']}: "
                               f"{self.tokenizer.vocab_size} tokens, the model has {m['vocab_size']}; "
                               "re-run mobilevlm-export")
-        self.vision = self._load("vision", lambda _: VisionEngine(self.manifest, providers, threads))
+        self.vision = self._load("vision", lambda _: VisionEngine(
+            self.manifest, providers, threads, profile_prefix and profile_prefix + "vision"))
         self.decoder = self._load("decoder",
                                   lambda _: DecoderEngine(self.manifest, without_tensorrt(providers),
-                                                          threads, max_length))
+                                                          threads, max_length,
+                                                          profile_prefix and profile_prefix + "decoder"))
         # Memory-mapped: only the rows of tokens actually used are ever read. No pickles: it is data.
         self.table = self._load("embeddings", lambda path: np.load(path, mmap_mode="r", allow_pickle=False))
         if (self.table.shape != (m["vocab_size"], m["hidden_size"])
