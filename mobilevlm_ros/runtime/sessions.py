@@ -41,9 +41,9 @@ def choose_providers(target: str, backend: str = "auto", cache_dir: Optional[str
 
 
 def without_tensorrt(providers: List) -> List:
-    """The decoder's providers. TensorRT has no GroupQueryAttention or MatMulNBits kernels (they
-    would run on CUDA between TensorRT islands) and the decoder's sequence length changes every
-    call, which makes TensorRT build an engine per new shape; onnxruntime's CUDA kernels run it."""
+    """The decoder's providers. TensorRT has no GroupQueryAttention or MatMulNBits kernels: the
+    decoder would be cut into small TensorRT islands with CUDA kernels and copies between them,
+    each island rebuilt as the sequence length grows. onnxruntime's CUDA kernels run it whole."""
     return [p for p in providers if (p if isinstance(p, str) else p[0]) != "TensorrtExecutionProvider"]
 
 
