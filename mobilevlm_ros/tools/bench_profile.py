@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import tempfile
 from typing import Dict, List
 
@@ -27,12 +28,20 @@ def _runs_and_kernels(profile_file: str):
     return sorted(runs, key=lambda e: e["ts"]), kernels
 
 
+def _op_label(kernel: dict) -> str:
+    """The operator type; MatMulNBits split by weight bits (the builder names them MatMul_Q4/_Q8),
+    since the int4 default keeps its most sensitive matrices in int8."""
+    op = kernel["args"]["op_name"]
+    bits = re.search(r"MatMul_Q(\d+)", kernel["name"]) if op == "MatMulNBits" else None
+    return f"{op} int{bits.group(1)}" if bits else op
+
+
 def stage_breakdown(runs: List[dict], kernels: List[dict]) -> dict:
     """Wall time of `runs` and their kernels' time per operator type (ms, summed over the runs)."""
     by_op: Dict[str, float] = collections.defaultdict(float)
     for k in kernels:
         if any(r["ts"] <= k["ts"] <= r["ts"] + r["dur"] for r in runs):
-            by_op[k["args"]["op_name"]] += k["dur"] / 1e3
+            by_op[_op_label(k)] += k["dur"] / 1e3
     return {"runs": len(runs), "wall_ms": sum(r["dur"] for r in runs) / 1e3, "ops_ms": dict(by_op)}
 
 
