@@ -210,6 +210,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=CACHE, help="where synthetic checkpoints and engines are cached")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here ('-' for stdout)")
     p.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    from .bench_llamacpp import add_arguments as add_llamacpp_arguments
+
+    add_llamacpp_arguments(p)
     node = p.add_argument_group("--node: the VLM node under load (default engine: the demo)")
     node.add_argument("--node", action="store_true", help="benchmark the node, not the engine")
     node.add_argument("--cameras", type=int, nargs="+", default=[1, 4], help="camera counts to run")
@@ -234,19 +237,31 @@ def main(argv=None) -> int:
         return 0
     if bool(a.engine) == bool(a.synthetic):
         p.error("give either ENGINE_DIR or --synthetic NAME")
+    from .bench_llamacpp import check_arguments as check_llamacpp_arguments
+
+    check_llamacpp_arguments(p, a, a.reference or a.synthetic)
     checkpoint = a.reference
     engine = a.engine
     if a.synthetic:
         engine, ckpt = _synthetic(a)
         checkpoint = checkpoint or ckpt
 
-    ours = _run_worker("ours", engine, a)
+    race = None
+    if a.llamacpp:  # ours runs inside the race, alternating with llama.cpp's processes
+        from .bench_llamacpp import race_llamacpp
+
+        race = race_llamacpp(a, engine, checkpoint, _run_worker)
+        ours = race["ours"]
+    else:
+        ours = _run_worker("ours", engine, a)
     ref = None
     if checkpoint and not a.no_reference:
         ref = _run_worker("reference", checkpoint, a)
     rows = {f"ours ({ours['precision']}, {ours['backend']})": ours}
     if ref:
         rows["transformers fp32 (PyTorch)"] = ref
+    if race:
+        rows.update(race["rows"])
     result = {
         "engine": engine, "threads": a.threads, "new_tokens": a.new_tokens, "runs": a.runs,
         "ours": ours, "reference": ref,
@@ -262,6 +277,9 @@ def main(argv=None) -> int:
     if ref:
         print(f"caption of {a.new_tokens} tokens: {result['e2e_speedup_vs_reference']:.1f}x faster "
               "than PyTorch fp32")
+    if race:
+        result["llamacpp"] = race["json"]
+        print("\n".join(race["lines"]))
     if a.json:
         text = json.dumps(result, indent=2)
         if a.json == "-":
