@@ -54,7 +54,8 @@ def test_cuda_target_engine_is_fp16_vision_and_int4_decoder(cuda_engine):
     assert (m.target, m.precision, m.data["vision_precision"]) == ("cuda", "int4", "fp16")
 
     vision = onnx.load(m.path("vision"))
-    weights = collections.Counter(onnx.TensorProto.DataType.Name(t.data_type) for t in vision.graph.initializer)
+    weights = collections.Counter(onnx.TensorProto.DataType.Name(t.data_type)
+                                  for t in vision.graph.initializer)
     assert set(weights) == {"FLOAT16"}, f"vision weights {dict(weights)}"
     # The runtime feeds float32 pixels and reads float32 embeddings: the casts live in the graph.
     assert _elem_types(vision.graph.input) == _elem_types(vision.graph.output) == {"FLOAT"}
@@ -96,7 +97,8 @@ def test_cuda_target_engine_matches_the_reference(cuda_engine, engines, referenc
 
 def test_tensorrt_runs_the_vision_graph_and_cuda_the_decoder(monkeypatch, tmp_path):
     monkeypatch.setattr(sessions.ort, "get_available_providers",
-                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                 "CPUExecutionProvider"])
     chosen = sessions.choose_providers("cuda", "tensorrt", cache_dir=str(tmp_path))
     name, opts = chosen[0]
     assert name == "TensorrtExecutionProvider" and opts["trt_fp16_enable"]

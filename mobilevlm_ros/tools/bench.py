@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from ..runtime.manifest import PRECISIONS
+from ..runtime.sessions import BACKENDS
 
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mobilevlm_ros", "bench")
 
@@ -67,12 +68,12 @@ def _summarise(runs: list) -> dict:
     return med
 
 
-def worker_ours(engine: str, new_tokens: int, runs: int, threads: int) -> dict:
+def worker_ours(engine: str, new_tokens: int, runs: int, threads: int, backend: str = "auto") -> dict:
     from ..runtime.generation import GenerationParams
     from ..runtime.vlm import VLM
 
     t0 = time.perf_counter()
-    vlm = VLM(engine, threads=threads, max_length=1024)
+    vlm = VLM(engine, backend=backend, threads=threads, max_length=1024)
     load_s = time.perf_counter() - t0
     params = GenerationParams(max_new_tokens=new_tokens, ignore_eos=True)
 
@@ -94,6 +95,9 @@ def worker_ours(engine: str, new_tokens: int, runs: int, threads: int) -> dict:
                             new_tokens=t.new_tokens))
     res = _summarise(out)
     res["peak_rss_mb"] = _peak_rss_mb()  # before the bandwidth probe below allocates its buffer
+    res.update(load_s=load_s, backend=vlm.backend, precision=vlm.manifest.precision)
+    if vlm.backend != "cpu":
+        return res  # the host's read bandwidth does not bound a GPU's decode
 
     # Decode against the bandwidth bound, each run right after a bandwidth reading: the host's
     # bandwidth drifts by tens of percent within a minute.
@@ -106,15 +110,15 @@ def worker_ours(engine: str, new_tokens: int, runs: int, threads: int) -> dict:
         t, _ = request(100 + i)
         bandwidths.append(bw)
         fractions.append(t.decode_tokens_per_s * per_token / (bw * 1e9))
-    res.update(load_s=load_s, backend=vlm.backend, precision=m.precision,
-               block_size=(m.data.get("quantization") or {}).get("block_size"),
+    res.update(block_size=(m.data.get("quantization") or {}).get("block_size"),
                decode_bytes_per_token=per_token, read_bandwidth_gbs=statistics.median(bandwidths),
                decode_fraction_of_bound=statistics.median(fractions),
                decode_bound_tok_s=statistics.median(bandwidths) * 1e9 / per_token)
     return res
 
 
-def worker_reference(checkpoint: str, new_tokens: int, runs: int, threads: int) -> dict:
+def worker_reference(checkpoint: str, new_tokens: int, runs: int, threads: int,
+                     backend: str = "auto") -> dict:
     import torch
 
     from ..model.loader import load_checkpoint
@@ -123,8 +127,13 @@ def worker_reference(checkpoint: str, new_tokens: int, runs: int, threads: int) 
     from ..runtime.tokenizer import Tokenizer
 
     torch.set_num_threads(threads)
+    device = "cuda" if backend in ("cuda", "tensorrt") else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--backend {backend}: this PyTorch ({torch.__version__}) has no CUDA, so there "
+                         "is no PyTorch CUDA baseline; install a CUDA build of torch or pass --no-reference")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)  # CUDA calls return early
     t0 = time.perf_counter()
-    model = load_checkpoint(checkpoint)
+    model = load_checkpoint(checkpoint).to(device)
     load_s = time.perf_counter() - t0
     tok = Tokenizer(os.path.join(checkpoint, "tokenizer.model"))
     ids = tokenize_prompt(tok, build_prompt(DEFAULT_CAPTION_QUESTION))
@@ -133,18 +142,21 @@ def worker_reference(checkpoint: str, new_tokens: int, runs: int, threads: int) 
     with torch.no_grad():
         for i in range(runs + 1):
             t0 = time.perf_counter()
-            pixels = torch.from_numpy(preprocess(_frame(i), size))
+            pixels = torch.from_numpy(preprocess(_frame(i), size)).to(device)
             image = model.vision(pixels)
+            sync()
             vision_s = time.perf_counter() - t0
             embeds = model.embed(ids, image)
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
             t1 = time.perf_counter()
             model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=1, do_sample=False)
+            sync()
             prefill_s = time.perf_counter() - t1
             ttft = time.perf_counter() - t0
             t1 = time.perf_counter()
             model.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=new_tokens,
                                min_new_tokens=new_tokens, do_sample=False)
+            sync()
             gen_s = time.perf_counter() - t1
             e2e = vision_s + gen_s
             if i:
@@ -152,13 +164,14 @@ def worker_reference(checkpoint: str, new_tokens: int, runs: int, threads: int) 
                                 decode_tok_s=(new_tokens - 1) / max(gen_s - prefill_s, 1e-9), ttft_s=ttft,
                                 e2e_s=e2e, prompt_tokens=embeds.shape[1], new_tokens=new_tokens))
     res = _summarise(out)
-    res.update(load_s=load_s, peak_rss_mb=_peak_rss_mb(), backend="torch-cpu", precision="fp32")
+    res.update(load_s=load_s, peak_rss_mb=_peak_rss_mb(), backend=f"torch-{device}", precision="fp32")
     return res
 
 
 def _run_worker(kind: str, target: str, a) -> dict:
     cmd = [sys.executable, "-m", "mobilevlm_ros.tools.bench", "--worker", kind, target,
-           "--new-tokens", str(a.new_tokens), "--runs", str(a.runs), "--threads", str(a.threads)]
+           "--new-tokens", str(a.new_tokens), "--runs", str(a.runs), "--threads", str(a.threads),
+           "--backend", a.backend]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"mobilevlm-bench: {kind} worker failed:\n{run.stderr[-3000:]}")
@@ -171,15 +184,28 @@ def _synthetic(a) -> tuple:
     from ..model.synthetic import write_synthetic
 
     ckpt = os.path.join(a.work, f"{a.synthetic}-checkpoint")
-    engine = os.path.join(a.work, f"{a.synthetic}-{a.precision}-b{a.block_size}")
+    target = "cuda" if a.backend in ("cuda", "tensorrt") else "cpu"
+    engine = os.path.join(a.work, f"{a.synthetic}-{a.precision}-b{a.block_size}"
+                          + ("-cuda" if target == "cuda" else ""))
     if not os.path.isfile(os.path.join(ckpt, "tokenizer.model")):
         print(f"writing synthetic checkpoint {ckpt} ...", file=sys.stderr)
         write_synthetic(a.synthetic, ckpt)
     if not os.path.isfile(os.path.join(engine, "manifest.json")):
         print(f"exporting {engine} ...", file=sys.stderr)
-        export(ckpt, engine, a.precision, "cpu", model_id=f"synthetic/{a.synthetic}", block_size=a.block_size,
-               log=lambda s: print(s, file=sys.stderr))
+        export(ckpt, engine, a.precision, target, model_id=f"synthetic/{a.synthetic}",
+               block_size=a.block_size, log=lambda s: print(s, file=sys.stderr))
     return engine, ckpt
+
+
+def _write_json(result: dict, path: str) -> None:
+    if not path:
+        return
+    text = json.dumps(result, indent=2)
+    if path == "-":
+        print(text)
+    else:
+        with open(path, "w") as f:
+            f.write(text)
 
 
 def _table(rows: dict) -> str:
@@ -207,7 +233,12 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="execution provider for our engine; cuda/tensorrt also put the PyTorch baseline on "
+                        "CUDA and make --synthetic export a --target cuda engine")
     p.add_argument("--work", default=CACHE, help="where synthetic checkpoints and engines are cached")
+    p.add_argument("--profile", action="store_true",
+                   help="no baselines: where one caption's time goes, by stage and operator")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here ('-' for stdout)")
     p.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
     from .bench_llamacpp import add_arguments as add_llamacpp_arguments
@@ -228,12 +259,17 @@ def main(argv=None) -> int:
         from . import node_bench
 
         return node_bench.main(a)
-    from ..runtime.sessions import default_threads
+    from ..runtime.errors import EngineError
+    from ..runtime.sessions import choose_providers, default_threads
 
     a.threads = a.threads or default_threads()
+    try:  # before minutes of export: is the asked-for execution provider there at all?
+        choose_providers("cuda", a.backend)
+    except EngineError as e:
+        p.error(str(e))
     if a.worker:
         fn = worker_ours if a.worker == "ours" else worker_reference
-        print(json.dumps(fn(a.engine, a.new_tokens, a.runs, a.threads)))
+        print(json.dumps(fn(a.engine, a.new_tokens, a.runs, a.threads, a.backend)))
         return 0
     if bool(a.engine) == bool(a.synthetic):
         p.error("give either ENGINE_DIR or --synthetic NAME")
@@ -245,6 +281,13 @@ def main(argv=None) -> int:
     if a.synthetic:
         engine, ckpt = _synthetic(a)
         checkpoint = checkpoint or ckpt
+    if a.profile:
+        from .bench_profile import profile_caption, table
+
+        result = profile_caption(engine, a.new_tokens, a.threads, a.backend)
+        print(table(result))
+        _write_json(result, a.json)
+        return 0
 
     race = None
     if a.llamacpp:  # ours runs inside the race, alternating with llama.cpp's processes
@@ -259,7 +302,7 @@ def main(argv=None) -> int:
         ref = _run_worker("reference", checkpoint, a)
     rows = {f"ours ({ours['precision']}, {ours['backend']})": ours}
     if ref:
-        rows["transformers fp32 (PyTorch)"] = ref
+        rows[f"transformers fp32 ({ref['backend']})"] = ref
     if race:
         rows.update(race["rows"])
     result = {
@@ -270,23 +313,19 @@ def main(argv=None) -> int:
     print(_table(rows))
     print(f"\nprompt: {ours['prompt_tokens']:.0f} positions, {ours['prefill_tokens']:.0f} computed "
           f"per new frame (the system-prompt head is cached); {a.new_tokens} new tokens; {a.threads} threads")
-    print(f"decode reads {ours['decode_bytes_per_token'] / 1e9:.3f} GB/token (weights + KV cache); "
-          f"read bandwidth {ours['read_bandwidth_gbs']:.1f} GB/s -> bound {ours['decode_bound_tok_s']:.1f} "
-          f"tok/s; decode reaches {ours['decode_fraction_of_bound']:.2f} of the bound "
-          "(median of runs, each next to its own bandwidth reading)")
+    if "decode_bytes_per_token" in ours:  # CPU runs only
+        print(f"decode reads {ours['decode_bytes_per_token'] / 1e9:.3f} GB/token (weights + KV cache); "
+              f"read bandwidth {ours['read_bandwidth_gbs']:.1f} GB/s -> bound "
+              f"{ours['decode_bound_tok_s']:.1f} tok/s; decode reaches "
+              f"{ours['decode_fraction_of_bound']:.2f} of the bound "
+              "(median of runs, each next to its own bandwidth reading)")
     if ref:
         print(f"caption of {a.new_tokens} tokens: {result['e2e_speedup_vs_reference']:.1f}x faster "
-              "than PyTorch fp32")
+              f"than PyTorch fp32 ({ref['backend']})")
     if race:
         result["llamacpp"] = race["json"]
         print("\n".join(race["lines"]))
-    if a.json:
-        text = json.dumps(result, indent=2)
-        if a.json == "-":
-            print(text)
-        else:
-            with open(a.json, "w") as f:
-                f.write(text)
+    _write_json(result, a.json)
     return 0
 
 

@@ -1,0 +1,63 @@
+"""mobilevlm-bench (engine mode) end to end on the tiny model, and its refusal of a missing GPU."""
+
+from __future__ import annotations
+
+import json
+
+import onnxruntime as ort
+import pytest
+
+from mobilevlm_ros.tools import bench
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """One synthetic tiny checkpoint and engine for the module (the bench caches them here)."""
+    return str(tmp_path_factory.mktemp("bench-work"))
+
+
+def test_bench_measures_ours_and_the_reference(work, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--synthetic", "tiny", "--runs", "1", "--new-tokens", "4", "--threads", "1",
+                       "--work", work, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    ours, ref = result["ours"], result["reference"]
+    assert (ours["backend"], ours["precision"], ref["backend"]) == ("cpu", "int4", "torch-cpu")
+    for row in (ours, ref):
+        assert row["new_tokens"] == 4 and row["prompt_tokens"] == ours["prompt_tokens"]
+        assert row["vision_ms"] > 0 and row["decode_tok_s"] > 0 and row["e2e_s"] > 0
+    # the cached system-prompt head is not computed again per frame
+    assert ours["prefill_tokens"] < ours["prompt_tokens"]
+    assert 0 < ours["decode_fraction_of_bound"] and ours["read_bandwidth_gbs"] > 0
+    assert result["e2e_speedup_vs_reference"] == pytest.approx(ref["e2e_s"] / ours["e2e_s"])
+    assert "faster than PyTorch fp32 (torch-cpu)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
+                    reason="onnxruntime offers CUDA here: nothing to refuse")
+def test_bench_refuses_a_gpu_backend_before_exporting(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--synthetic", "tiny", "--backend", "cuda", "--work", str(tmp_path)])
+    assert e.value.code == 2
+    assert "backend 'cuda' requested but onnxruntime offers only" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "it exported before refusing"
+
+
+def test_profile_splits_one_caption_into_its_stages(work, tmp_path, capsys):
+    """The decoder's runs of the measured caption are found: one prefill, new_tokens - 1 steps."""
+    out = tmp_path / "profile.json"
+    assert bench.main(["--synthetic", "tiny", "--profile", "--new-tokens", "5", "--threads", "1",
+                       "--work", work, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    stages = result["stages"]
+    assert (stages["vision"]["runs"], stages["prefill"]["runs"], stages["decode"]["runs"]) == (1, 1, 4)
+    # the int4 default: int4 matrices, and int8 for lm_head and the most sensitive ones
+    assert {"MatMulNBits int4", "MatMulNBits int8"} <= set(stages["decode"]["ops_ms"])
+    assert "GroupQueryAttention" in stages["prefill"]["ops_ms"]
+    assert not any(op.startswith("MatMulNBits") for op in stages["vision"]["ops_ms"])  # kept apart
+    for s in stages.values():
+        assert 0 < sum(s["ops_ms"].values()) <= s["wall_ms"]
+    assert 0 < sum(s["wall_ms"] for s in stages.values()) < result["caption_ms"]
+    assert result["outside_sessions_ms"] > 0
+    printed = capsys.readouterr().out
+    assert "one caption:" in printed and "decode" in printed and "ms per step" in printed
