@@ -61,3 +61,17 @@ def test_profile_splits_one_caption_into_its_stages(work, tmp_path, capsys):
     assert result["outside_sessions_ms"] > 0
     printed = capsys.readouterr().out
     assert "one caption:" in printed and "decode" in printed and "ms per step" in printed
+
+
+def test_kernels_compute_the_product_in_every_form():
+    from mobilevlm_ros.tools.bench_kernels import FORMS, measure
+
+    results = measure(k=256, n=96, rows=(8, 1), threads=1, seconds=0.01)
+    assert {(r["form"], r["rows"]) for r in results} == {(f, m) for f in FORMS for m in (8, 1)}
+    error = {(r["form"], r["rows"]): r["error"] for r in results}
+    assert error[("fp32", 8)] < 1e-5
+    for m in (8, 1):
+        # int8 weights with per-block activations beat int4; every form stays a usable product
+        assert error[("MatMulNBits int8", m)] < error[("MatMulNBits int4", m)] < 0.2
+        assert error[("QGEMM int8", m)] < 0.2
+    assert all(r["ms"] > 0 and r["gops"] > 0 for r in results)

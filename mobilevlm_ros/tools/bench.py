@@ -239,6 +239,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=CACHE, help="where synthetic checkpoints and engines are cached")
     p.add_argument("--profile", action="store_true",
                    help="no baselines: where one caption's time goes, by stage and operator")
+    p.add_argument("--kernels", action="store_true",
+                   help="onnxruntime's CPU matrix kernels (fp32, MatMulNBits int4/int8, QGEMM int8) on one "
+                        "2048x5632 decoder matrix at prefill's and decode's row counts")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON here ('-' for stdout)")
     p.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
     from .bench_llamacpp import add_arguments as add_llamacpp_arguments
@@ -270,6 +273,14 @@ def main(argv=None) -> int:
     if a.worker:
         fn = worker_ours if a.worker == "ours" else worker_reference
         print(json.dumps(fn(a.engine, a.new_tokens, a.runs, a.threads, a.backend)))
+        return 0
+    if a.kernels:
+        from .bench_kernels import measure
+        from .bench_kernels import table as kernels_table
+
+        results = measure(threads=a.threads)
+        print(kernels_table(results, 2048, 5632, a.threads))
+        _write_json(results, a.json)
         return 0
     if bool(a.engine) == bool(a.synthetic):
         p.error("give either ENGINE_DIR or --synthetic NAME")
