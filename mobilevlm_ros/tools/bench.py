@@ -2,6 +2,10 @@
 
   mobilevlm-bench ENGINE_DIR [--reference CHECKPOINT]
   mobilevlm-bench --synthetic v2-1.7b --precision int4     # makes (once) and measures a random-weight model
+  mobilevlm-bench --synthetic v2-1.7b --llamacpp --llamacpp-src DIR   # + llama.cpp, same run
+  mobilevlm-bench --synthetic v2-1.7b --backend cuda       # a --target cuda engine vs PyTorch CUDA
+  mobilevlm-bench --synthetic v2-1.7b --profile            # one caption by stage and operator
+  mobilevlm-bench --kernels                                # the CPU matrix kernels, side by side
   mobilevlm-bench --node [ENGINE_DIR] [--cameras 1 4] ...   # the node under a fixed camera load
 
 Prints, for our engine and for the transformers PyTorch fp32 reference: vision ms, prefill tokens/s,
