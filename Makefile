@@ -63,7 +63,7 @@ demo: setup
 # Lint first (ruff.toml: pyflakes, pycodestyle at 110 columns, import order; Python 3.10), then the suite.
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q test
+	$(PY) -m pytest -q -rs test
 
 # The runtime's ARM CPU path under qemu user-mode emulation (scripts/test_arm.sh): an arm64 Debian
 # root filesystem and aarch64 wheels in $(BUILD)/arm (reused), the runtime tests and mobilevlm-caption
