@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import ctypes
 import glob
 import hashlib
@@ -262,44 +261,17 @@ def quantized_agreement(engine: str, cases: List[dict], fp32_answers: List[dict]
             for c, a in zip(cases, fp32_answers) if a.get("token_ids")]
 
 
-@contextlib.contextmanager
-def profiled_sessions(folder: str):
-    """The runtime's sessions made with onnxruntime's profiler on (the options of
-    sessions.make_session at threads=1, plus profiling); yields the sessions made."""
-    import onnxruntime as ort
-
-    from mobilevlm_ros.runtime import engines as E
-
-    made, real = [], E.make_session
-
-    def make(path, providers, threads=0):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads or 1, 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(folder, os.path.splitext(os.path.basename(path))[0])
-        made.append(ort.InferenceSession(path, sess_options=so, providers=providers))
-        return made[-1]
-
-    E.make_session = make
-    try:
-        yield made
-    finally:
-        E.make_session = real
-
-
 def kernels_run(engine: str, rgb, question: str, folder: str) -> Dict[str, Counter]:
     """{graph: Counter of (op type, execution provider) over the kernel runs of one answer}."""
     from mobilevlm_ros.runtime.generation import GenerationParams
     from mobilevlm_ros.runtime.vlm import VLM
 
     os.makedirs(folder, exist_ok=True)
-    with profiled_sessions(folder) as sessions:
-        VLM(engine, backend="cpu", threads=1).describe(rgb, question, GenerationParams(max_new_tokens=8))
+    vlm = VLM(engine, backend="cpu", threads=1, profile_prefix=os.path.join(folder, "profile_"))
+    vlm.describe(rgb, question, GenerationParams(max_new_tokens=8))
     out = {}
-    for graph, s in zip(("vision", "decoder"), sessions):
-        with open(s.end_profiling()) as f:
+    for graph, part in (("vision", vlm.vision), ("decoder", vlm.decoder)):
+        with open(part.session.end_profiling()) as f:
             events = json.load(f)
         out[graph] = Counter((e["args"]["op_name"], e["args"].get("provider", "?")) for e in events
                              if e.get("cat") == "Node" and "op_name" in e.get("args", {}))
