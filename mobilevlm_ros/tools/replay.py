@@ -29,6 +29,8 @@ import threading
 import time
 from typing import Dict, Optional
 
+DISCOVERY_SETTLE_S = 0.5  # after both sides report matched endpoints, before the first frame
+
 
 def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
            questions: Optional[str] = None, annotated: bool = False, max_new_tokens: int = 48,
@@ -72,6 +74,10 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
         spin.start()
         player.wait_for_node(timeout=30)
         recorder.wait_for_node(timeout=10)
+        # DDS matches each side on its own: our reader can see the node's caption writer before that
+        # writer has matched our reader, and a volatile caption sent in that gap never arrives (seen
+        # once in CI: the first frame's caption lost, lock-step waiting 120 s). Give the other sides time.
+        time.sleep(DISCOVERY_SETTLE_S)
         timing_errors = player.play(events, rate, recorder.wait_for_caption, on_response)
         time.sleep(0.5)  # the last caption may still be on its way
     finally:
