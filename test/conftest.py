@@ -48,6 +48,14 @@ def scripted():
     return make
 
 
+def scene(seed: int, w: int = 320, h: int = 240) -> np.ndarray:
+    """A plain background with one block and sensor noise: a frame the parity tests caption."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), rng.integers(0, 256, 3), np.uint8)
+    img[40:120, 60:150] = rng.integers(0, 256, 3)
+    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+
+
 def shown_texts(generator) -> list:
     """The text a reader is shown after each step of the decode loop, to the end."""
     texts = []

@@ -38,8 +38,10 @@ def test_bench_measures_ours_and_the_reference(work, tmp_path, capsys):
     assert "faster than PyTorch fp32 (torch-cpu)" in capsys.readouterr().out
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(),
-                    reason="onnxruntime offers CUDA here: nothing to refuse")
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="onnxruntime offers CUDA here: nothing to refuse")
 def test_bench_refuses_a_gpu_backend_before_exporting(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--synthetic", "tiny", "--backend", "cuda", "--work", str(tmp_path)])

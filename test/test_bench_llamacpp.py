@@ -18,7 +18,6 @@ from mobilevlm_ros.tools.bench_llamacpp import (
     format_vision_check,
     merge_rounds,
     ratios,
-    square_frame,
 )
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -87,11 +86,11 @@ def test_vision_check_lines_say_whether_the_same_thing_was_computed():
     assert "llama.cpp computes what PyTorch does" in format_vision_check(check)[-1]
 
 
-def test_square_frame_gives_our_pixels():
-    from mobilevlm_ros.runtime.image import preprocess
+def test_square_image_gives_our_pixels():
+    from mobilevlm_ros.runtime.image import preprocess, square_image
 
     frame = bench._frame(3)
-    square = square_frame(frame, 336)
+    square = square_image(frame, 336)
     assert square.shape == (336, 336, 3) and square.dtype == np.uint8
     np.testing.assert_array_equal(preprocess(square, 336), preprocess(frame, 336))
 

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import scene
 
 from mobilevlm_ros.runtime import manifest as mf
 from mobilevlm_ros.runtime import sessions
@@ -36,13 +37,6 @@ def cuda_engine(tmp_path_factory, checkpoints):
     out = tmp_path_factory.mktemp("engine-tiny-int4-cuda")
     return export(checkpoints("tiny"), str(out), "int4", "cuda", model_id="synthetic/tiny", block_size=32,
                   log=lambda s: None)
-
-
-def _scene(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.full((240, 320, 3), rng.integers(0, 256, 3), np.uint8)
-    img[40:120, 60:150] = rng.integers(0, 256, 3)
-    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
 
 
 def _elem_types(values) -> set:
@@ -79,7 +73,7 @@ def test_cuda_target_engine_matches_the_reference(cuda_engine, engines, referenc
     fp32 = VLM(engines("tiny", "fp32"), backend="cpu", threads=1)
     rates = []
     for seed in range(3):
-        rgb = _scene(seed)
+        rgb = scene(seed)
         pixels = preprocess(rgb, vlm.image_size)
         ours = vlm.vision(pixels)
         ref = model.vision(torch.from_numpy(pixels))[0].numpy()
@@ -124,7 +118,7 @@ def test_cuda_keeps_the_kv_cache_on_the_device(cuda_engine, engines):
     assert sessions.provider_names(vlm.decoder.session)[0] == "cuda"
     assert all(v.device_name().lower() == "cuda" for v in vlm.decoder.kv)
     before = [v.data_ptr() for v in vlm.decoder.kv]
-    rgb = _scene(0)
+    rgb = scene(0)
     params = GenerationParams(max_new_tokens=NEW_TOKENS, ignore_eos=True)
     answer = vlm.describe(rgb, "Describe the image.", params)
     assert len(answer.token_ids) == NEW_TOKENS
@@ -141,6 +135,6 @@ def test_tensorrt_builds_its_engine_once_into_the_cache(cuda_engine):
 
     vlm = VLM(cuda_engine, backend="tensorrt")
     assert vlm.backend == "tensorrt+cuda"
-    vlm.describe(_scene(1), None, GenerationParams(max_new_tokens=4, ignore_eos=True))
+    vlm.describe(scene(1), None, GenerationParams(max_new_tokens=4, ignore_eos=True))
     cached = os.listdir(os.path.join(cuda_engine, "trt_cache"))
     assert any(f.endswith(".engine") for f in cached) and any("timing" in f for f in cached), cached

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import scene
 
 from mobilevlm_ros.runtime import manifest as mf
 from mobilevlm_ros.runtime.engines import DecoderEngine
@@ -23,13 +24,6 @@ NEW_TOKENS = 24
 TOL = 1e-4
 
 
-def _scene(seed: int, w: int = 320, h: int = 240) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), rng.integers(0, 256, 3), np.uint8)
-    img[40:120, 60:150] = rng.integers(0, 256, 3)
-    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
-
-
 # tiny-gqa: grouped-query attention (2 heads, 1 KV head), head_dim 64, tied embeddings.
 @pytest.mark.parametrize("name", ["tiny", "tiny-v1", "tiny-gqa"])
 def test_fp32_engine_matches_reference(name, engines, reference):
@@ -38,7 +32,7 @@ def test_fp32_engine_matches_reference(name, engines, reference):
     question = "What is in the picture?"
     ids = tokenize_prompt(vlm.tokenizer, build_prompt(question))
     for seed in range(2):
-        rgb = _scene(seed)
+        rgb = scene(seed)
         pixels = preprocess(rgb, vlm.image_size)
 
         ours = vlm.vision(pixels)
@@ -61,7 +55,7 @@ def test_fp32_engine_matches_reference(name, engines, reference):
 def test_second_question_on_same_frame_reuses_prefix_and_matches_fresh_run(engines):
     """The cached [prompt head | image] prefix gives exactly what a fresh engine gives."""
     engine = engines("tiny", "fp32")
-    rgb = _scene(3)
+    rgb = scene(3)
     params = GenerationParams(max_new_tokens=12, ignore_eos=True)
     warm = VLM(engine, backend="cpu", threads=1)
     warm.describe(rgb, "First question?", params)
@@ -93,7 +87,7 @@ def test_quantized_engines_agree_with_fp32(name, precision, floor, engines):
     # int4's default keeps lm_head and the most sensitive projections in int8 (k-quant mixed).
     assert bits == ({4, 8} if precision == "int4" else {8}), (
         "the decoder's matrices are not quantized as configured")
-    rates = [_teacher_forced_agreement(engines(name, precision), engines(name, "fp32"), _scene(s))
+    rates = [_teacher_forced_agreement(engines(name, precision), engines(name, "fp32"), scene(s))
              for s in range(3)]
     rate = float(np.mean(rates))
     print(f"\n{name} {precision}: greedy agreement with fp32 "

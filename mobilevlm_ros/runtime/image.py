@@ -75,6 +75,15 @@ def pad_to_square(rgb: np.ndarray, fill: Sequence[int]) -> np.ndarray:
     return canvas
 
 
+def square_image(rgb: np.ndarray, image_size: int = IMAGE_SIZE,
+                 mean: Sequence[float] = CLIP_MEAN) -> np.ndarray:
+    """HxWx3 uint8 RGB -> the SxSx3 uint8 image the model sees: padded to a square, resized."""
+    square = pad_to_square(rgb, mean_fill(mean))
+    # The canvas is square, so "shortest edge -> S" gives exactly SxS and the centre crop to SxS is
+    # the identity. Pillow resizes uint8 images (as transformers does); on equal size it copies.
+    return np.asarray(Image.fromarray(square).resize((image_size, image_size), resample=_BICUBIC))
+
+
 def preprocess(
     rgb: np.ndarray,
     image_size: int = IMAGE_SIZE,
@@ -82,11 +91,7 @@ def preprocess(
     std: Sequence[float] = CLIP_STD,
 ) -> np.ndarray:
     """HxWx3 uint8 RGB -> float32 (1, 3, S, S) pixel values, C-contiguous, ready for the vision tower."""
-    square = pad_to_square(rgb, mean_fill(mean))
-    # The canvas is square, so "shortest edge -> S" gives exactly SxS and the centre crop to SxS is
-    # the identity. Pillow resizes uint8 images (as transformers does); on equal size it copies.
-    resized = Image.fromarray(square).resize((image_size, image_size), resample=_BICUBIC)
-    x = np.asarray(resized, dtype=np.float32) * np.float32(1 / 255)
+    x = square_image(rgb, image_size, mean).astype(np.float32) * np.float32(1 / 255)
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])  # HWC -> NCHW
 

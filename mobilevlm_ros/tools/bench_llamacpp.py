@@ -246,28 +246,16 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict:
     return {"flat": flat, "per_token": float(per.mean())}
 
 
-def square_frame(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Our preprocessing up to the uint8 SxS image (padded to a square with the mean colour, resized):
-    given to llama.cpp, its resize is a copy (same size), so both models see the same pixels."""
-    from PIL import Image
-
-    from ..runtime.image import mean_fill, pad_to_square
-
-    square = pad_to_square(rgb, mean_fill())
-    bicubic = getattr(Image, "Resampling", Image).BICUBIC
-    return np.asarray(Image.fromarray(square).resize((size, size), resample=bicubic))
-
-
 def worker_vision_check(gguf: str, engine: str, checkpoint: Optional[str], threads: int) -> dict:
     """Image embeddings of frame 0 from llama.cpp, our engine and (with a checkpoint) PyTorch, compared."""
     from ..model.llamacpp_vlm import MMPROJ
-    from ..runtime.image import preprocess
+    from ..runtime.image import preprocess, square_image
     from ..runtime.vlm import VLM
 
     frame = _frame(0)
     ours_vlm = VLM(engine, threads=threads, max_length=1024)
     size = ours_vlm.image_size
-    same = square_frame(frame, size)
+    same = square_image(frame, size)  # given to llama.cpp, its resize is a copy: the same pixels
     pixels = preprocess(same, size)
     if not np.array_equal(pixels, preprocess(frame, size)):
         raise RuntimeError("the SxS frame does not give our preprocessing's pixels")
