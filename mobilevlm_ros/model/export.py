@@ -36,6 +36,8 @@ from .loader import load_checkpoint, read_config, resolve
 from .reference import MobileVLM
 
 PRECISIONS, TARGETS = mf.PRECISIONS, mf.TARGETS
+# algo_config values that are not the builder's: weights quantized by a calibrated method first.
+CALIBRATED = ("gptq",)
 # The builder's quantization options mobilevlm-export uses for each precision. Chosen by measuring
 # quality on real trained weights (mobilevlm-quality, BENCHMARKS.md) against speed.
 DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
@@ -138,14 +140,36 @@ def sentencepiece_tokenizer_writer(tokenizer_src: str) -> Callable[[str], None]:
     return write
 
 
+def is_calibrated(quant: Optional[Dict[str, object]]) -> bool:
+    """Whether this quantization needs calibration data (GPTQ) rather than rounding alone."""
+    return bool(quant) and quant.get("algo_config") in CALIBRATED
+
+
 def builder_options(precision: str, quant: Dict[str, object]) -> List[str]:
     """The builder's --extra_options for our decoder: embeddings in, last position's logits out."""
     options = {"exclude_embeds": "true", "filename": "decoder.onnx",
                # Only the last position's logits are needed: prefill skips a (L x vocab) matmul.
                "prune_lm_head": "true", "hf_remote": "false", "hf_token": "false"}
-    if precision in ("int4", "int8"):
+    if is_calibrated(quant):
+        # The checkpoint holds the quantized weights. Builder 0.18 packs q/k/v into one MatMulNBits
+        # only when they have zero points (a symmetric olive checkpoint fails in PackedMatMul).
+        options["fuse_qkv"] = "false"
+    elif precision in ("int4", "int8"):
         options.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in quant.items()})
     return [f"{k}={v}" for k, v in options.items()]
+
+
+def gptq_llama_folder(fp32_folder: str, out: str, write_tokenizer: Callable[[str], None], precision: str,
+                      quant: Dict[str, object], samples: List[dict]) -> str:
+    """The Llama of `fp32_folder` (write_llama_folder, fp32) quantized by GPTQ (model/gptq.py) into an
+    olive checkpoint in `out`, which the builder reads."""
+    from .gptq import quantize
+
+    quantize(fp32_folder, out, samples, bits={"int4": 4, "int8": 8}[precision],
+             block_size=int(quant["block_size"]), symmetric=bool(quant.get("is_symmetric", True)),
+             mixed=str(quant.get("matmul_mixed_precision", "")))
+    write_tokenizer(out)
+    return out
 
 
 def build_decoder(llama_folder: str, out: str, precision: str, target: str, quant: Dict[str, object]) -> dict:
@@ -211,9 +235,10 @@ def embedding_table(llm, precision: str) -> np.ndarray:
 
 def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vision_tower: str = None,
            model_id: str = "", block_size: int = 0, quant: Optional[Dict[str, object]] = None,
-           log=print) -> str:
+           calibrate=None, log=print) -> str:
     """Write an engine directory for `src`. quant: the builder's quantization options (None: the
-    precision's DEFAULT_QUANT); block_size, when not 0, replaces its block size."""
+    precision's DEFAULT_QUANT); block_size, when not 0, replaces its block size. calibrate: the
+    calibration.Source of a calibrated quantization (None: calibration.default_source())."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     if target not in TARGETS:
@@ -246,9 +271,24 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     quant = dict(DEFAULT_QUANT.get(precision, {}) if quant is None else quant)
     if block_size:
         quant["block_size"] = block_size
+    calibration = None
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as llama:
-        write_llama_folder(model.llm, llama, weights_dtype(precision),
-                           sentencepiece_tokenizer_writer(tokenizer_src))
+        write_tokenizer = sentencepiece_tokenizer_writer(tokenizer_src)
+        if precision in ("int4", "int8") and is_calibrated(quant):
+            from ..runtime.tokenizer import Tokenizer
+            from .calibration import default_source, vlm_calibration
+
+            source = calibrate or default_source()
+            calibration = vlm_calibration(model, Tokenizer(tokenizer_src), source)
+            log(f"calibration set {source.name}: {calibration.record['samples']} samples, "
+                f"{calibration.record['tokens']} tokens ({time.time() - t0:.1f}s)")
+            fp32 = os.path.join(llama, "fp32")
+            os.makedirs(fp32)
+            write_llama_folder(model.llm, fp32, torch.float32, write_tokenizer)
+            llama = gptq_llama_folder(fp32, os.path.join(llama, "gptq"), write_tokenizer, precision, quant,
+                                      calibration.samples)
+        else:
+            write_llama_folder(model.llm, llama, weights_dtype(precision), write_tokenizer)
         decoder_io = build_decoder(llama, out, precision, target, quant)
     log(f"decoder ({precision}, {target}) in {time.time() - t0:.1f}s")
 
@@ -285,6 +325,8 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
         "precision": precision,
         "vision_precision": vision_precision,
         "quantization": quant if precision in ("int8", "int4") else None,
+        # What calibrated the quantized weights: name, sha256, samples, tokens.
+        "calibration": calibration.record if calibration else None,
         "target": target,
         "decoder_io": decoder_io,
         "files": {},

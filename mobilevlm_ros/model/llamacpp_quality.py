@@ -3,7 +3,9 @@ converter, quantized by llama.cpp, and scored on the same token ids, token by to
 
 Needs llama-cpp-python (built from its sdist: no Linux wheel on PyPI) and llama.cpp's
 `convert_hf_to_gguf.py` with its `gguf-py` beside it (the sdist's vendor/llama.cpp folder).
-The bytes reported are the whole .gguf file (llama.cpp keeps the embedding table in it).
+`bytes` is the whole .gguf file (llama.cpp keeps the embedding table in it); `read_bytes`, the
+weights a decode step reads, comes from the file's tensor types (a quant name says too little: on
+576-wide SmolLM2, "Q4_K_M" falls back to q5_0 / q8_0 on most matrices).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from typing import List
 
 import numpy as np
@@ -53,6 +56,26 @@ def quantize(f32: str, out: str, ftype_name: str, threads: int) -> None:
         raise CheckpointError(f"llama.cpp could not quantize to {ftype_name}")
 
 
+def weights_read_per_token(path: str) -> int:
+    """Bytes of every tensor in the .gguf but the token embeddings, which a step only gathers a row of
+    (unless the output layer is tied to them: then they are read whole, as the output matrix)."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: int(t.n_bytes) for t in GGUFReader(path).tensors}
+    if "output.weight" in tensors:
+        tensors.pop("token_embd.weight", None)
+    return sum(tensors.values())
+
+
+def tensor_types(path: str) -> dict:
+    """How many tensors of each type the file holds, e.g. {"Q4_K": 150, "Q6_K": 31, "F32": 61}."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    return dict(Counter(t.tensor_type.name for t in GGUFReader(path).tensors))
+
+
 def score(path: str, lm: LanguageModel, windows: List[List[int]], reference_choices: List[List[int]],
           threads: int) -> dict:
     """Teacher-forced, one token per eval, by the loop that scores our decoder."""
@@ -74,6 +97,38 @@ def score(path: str, lm: LanguageModel, windows: List[List[int]], reference_choi
     return score_teacher_forced(lm, start, step, windows, reference_choices)
 
 
+def measure_llamacpp_shape(lm: LanguageModel, llamacpp_src: str, steps: int = 64, threads: int = 0,
+                           log=print) -> list:
+    """Bytes read per decode token and decode tokens/s of Q8_0, Q4_0 and Q4_K_M of `lm` (a synthetic
+    checkpoint of a real shape): the llama.cpp rows of mobilevlm-quality --shape."""
+    from llama_cpp import Llama
+
+    rows = []
+    threads = threads or os.cpu_count()
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_gguf_shape_") as tmp:
+        f32 = os.path.join(tmp, "model-f32.gguf")
+        convert(lm, llamacpp_src, f32)
+        for name, ftype in FORMATS:
+            path = os.path.join(tmp, f"model-{name}.gguf")
+            quantize(f32, path, ftype, threads)
+            model = Llama(model_path=path, n_ctx=steps + 2, n_threads=threads, n_threads_batch=threads,
+                          verbose=False)
+            ids = np.random.default_rng(0).integers(3, model.n_vocab(), steps + 1).tolist()
+            model.eval(ids[:1])
+            t0 = time.perf_counter()
+            for i in ids[1:]:
+                model.eval([i])
+            row = {"name": f"llama.cpp {name}", "decode_tok_s": steps / (time.perf_counter() - t0),
+                   "bytes": os.path.getsize(path), "read_bytes": weights_read_per_token(path),
+                   "tensor_types": tensor_types(path)}
+            del model
+            os.remove(path)
+            log(f"{row['name']} at this shape: {row['read_bytes'] / 2**20:.0f} MB read per token, "
+                f"{row['decode_tok_s']:.1f} tok/s ({row['tensor_types']})")
+            rows.append(row)
+    return rows
+
+
 def measure_llamacpp(lm: LanguageModel, windows: List[List[int]], reference_choices: List[List[int]],
                      llamacpp_src: str, threads: int = 0, log=print) -> list:
     rows = []
@@ -84,8 +139,10 @@ def measure_llamacpp(lm: LanguageModel, windows: List[List[int]], reference_choi
             path = os.path.join(tmp, f"model-{name}.gguf")
             quantize(f32, path, ftype, threads)
             row = {"name": f"llama.cpp {name}", "precision": name, "config": {}, "default": False,
-                   **score(path, lm, windows, reference_choices, threads), "bytes": os.path.getsize(path)}
+                   **score(path, lm, windows, reference_choices, threads), "bytes": os.path.getsize(path),
+                   "read_bytes": weights_read_per_token(path), "tensor_types": tensor_types(path)}
             log(f"{row['name']}: ppl {row['ppl']:.3f}, agreement {row['agreement']:.3f}, "
-                f"{row['bytes'] / 2**20:.0f} MB (whole file), {row['decode_tok_s']:.0f} tok/s")
+                f"{row['read_bytes'] / 2**20:.0f} MB read per token ({row['tensor_types']}), "
+                f"{row['decode_tok_s']:.0f} tok/s")
             rows.append(row)
     return rows

@@ -10,7 +10,12 @@ fixed windows of a text corpus:
     PyTorch fp32 reference: perplexity, and its greedy choice at every position
     each engine: perplexity, top-1 agreement with the reference's choices (teacher-forced: both
                  read the same true text, so one different choice does not cascade),
-                 decoder bytes, decode tokens/s (the same single-token steps the runtime makes)
+                 decoder bytes, bytes of weights read per decode token (what bounds decode speed
+                 on a CPU: bandwidth / bytes), decode tokens/s (the same single-token steps the
+                 runtime makes), and whether a window run at once (M > 1: prefill's kernels) gives
+                 the logits of the same window run token by token (M = 1: decode's kernels)
+Calibrated configurations (GPTQ) are calibrated on a text that shares nothing with the evaluation
+text (calibration.overlap).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,7 +35,15 @@ import torch
 from ..runtime import manifest as mf
 from ..runtime.engines import DecoderEngine
 from ..runtime.errors import CheckpointError
-from .export import DEFAULT_QUANT, build_decoder, embedding_table, weights_dtype, write_llama_folder
+from .export import (
+    DEFAULT_QUANT,
+    build_decoder,
+    embedding_table,
+    gptq_llama_folder,
+    is_calibrated,
+    weights_dtype,
+    write_llama_folder,
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,18 @@ CONFIGS = (
            {"block_size": 16, "algo_config": "k_quant_mixed"}),
     # HQQ: onnxruntime's quantizer on the builder's fp32 graph (float zero points, see export.py).
     Config("int4 HQQ block 32", "int4", {"block_size": 32, "algo_config": "hqq"}),
+    # GPTQ (Olive, model/gptq.py) on calibration data, lm_head included; symmetric unless named.
+    Config("int4 GPTQ block 32", "int4", {"algo_config": "gptq", "block_size": 32}),
+    Config("int4 GPTQ block 32, lm_head int8", "int4",
+           {"algo_config": "gptq", "block_size": 32, "matmul_mixed_precision": "last_matmul:int8"}),
+    Config("int4 GPTQ block 32, sensitive int8", "int4",
+           {"algo_config": "gptq", "block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
+    Config("int4 GPTQ block 64, lm_head int8", "int4",
+           {"algo_config": "gptq", "block_size": 64, "matmul_mixed_precision": "last_matmul:int8"}),
+    Config("int4 GPTQ block 32 asymmetric, lm_head int8", "int4",
+           {"algo_config": "gptq", "block_size": 32, "is_symmetric": False,
+            "matmul_mixed_precision": "last_matmul:int8"}),
+    Config("int8 GPTQ block 64", "int8", {"algo_config": "gptq", "block_size": 64}),
 )
 
 
@@ -134,6 +160,57 @@ def corpus_windows(ids: List[int], tokens: int, window: int) -> List[List[int]]:
         raise ValueError(f"the corpus has {len(ids)} tokens, fewer than the {tokens} asked for")
     ids = ids[:tokens]
     return [ids[i:i + window] for i in range(0, tokens, window)]
+
+
+def texts_windows(texts: List[List[int]], tokens: int, window: int) -> List[List[int]]:
+    """`tokens` ids from several texts (token ids each), whole windows taken from each text in turn, so
+    that no one text decides the result; the last window may be shorter."""
+    have = sum(len(t) // window * window for t in texts)
+    if have < tokens:
+        raise ValueError(f"the corpus has {have} tokens in whole windows of {window}, "
+                         f"fewer than the {tokens} asked for")
+    pools = [corpus_windows(t, len(t) // window * window, window) for t in texts if len(t) >= window]
+    out, left = [], tokens
+    for i in range(max(map(len, pools))):
+        for pool in pools:
+            if i < len(pool) and left > 0:
+                out.append(pool[i][:left])
+                left -= len(out[-1])
+    return out
+
+
+def weights_read_per_token(graph: str) -> int:
+    """Bytes of weights a decode step reads: every initializer but the rotary caches (one row read
+    per step). The graph has no embedding table (the runtime gathers rows itself)."""
+    import onnx
+
+    model = onnx.load(graph, load_external_data=False)
+    skip = {name for node in model.graph.node if node.op_type == "GroupQueryAttention"
+            for name in node.input[7:9]}  # cos_cache, sin_cache
+    total = 0
+    for init in model.graph.initializer:
+        if init.name in skip:
+            continue
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            total += int({e.key: e.value for e in init.external_data}["length"])
+        else:
+            total += len(init.raw_data) or onnx.numpy_helper.to_array(init).nbytes
+    return total
+
+
+def window_at_once_vs_steps(decoder: DecoderEngine, table: np.ndarray, ids: List[int]) -> dict:
+    """onnxruntime issue 29853: the last logits of `ids` run at once (M > 1) against the same ids run
+    one token per call (M = 1). Float noise is ~1e-4 of the logits' range; a kernel bug is far more."""
+    embeds = np.asarray(table[ids], np.float32)
+    decoder.rewind(0)
+    at_once = decoder.run(embeds).astype(np.float64)
+    decoder.rewind(0)
+    for row in embeds:
+        steps = decoder.run(row[None])
+    steps = steps.astype(np.float64)
+    return {"max_abs": float(np.abs(at_once - steps).max()),
+            "relative": float(np.abs(at_once - steps).max() / (np.ptp(steps) or 1.0)),
+            "same_argmax": bool(at_once.argmax() == steps.argmax())}
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -208,53 +285,103 @@ def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, w
     return score_teacher_forced(lm, start, step, windows, reference_choices)
 
 
+def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: int, calibration=None,
+                  log=print):
+    """(config, row, decoder or None, folder) per configuration, built as mobilevlm-export builds it;
+    a refusal is a row with "error". calibration: a calibration.Calibration for GPTQ configurations."""
+    from tqdm.auto import tqdm
+
+    sources = {}  # the Llama folder the builder reads, one per weight dtype
+    for config in tqdm(configs, desc="configurations", disable=log is None):
+        calibrated = is_calibrated(config.quant)
+        dtype = torch.float32 if calibrated else weights_dtype(config.precision)
+        if dtype not in sources:
+            sources[dtype] = os.path.join(tmp, f"llama-{str(dtype).split('.')[-1]}")
+            os.makedirs(sources[dtype])
+            write_llama_folder(lm.llm, sources[dtype], dtype, lm.write_tokenizer)
+        out = os.path.join(tmp, config.name.replace(" ", "_").replace(",", ""))
+        row = {"name": config.name, "precision": config.precision, "config": config.quant,
+               "default": config.is_default}
+        t0 = time.time()
+        try:
+            source = sources[dtype]
+            if calibrated:
+                if calibration is None:
+                    raise ValueError("a calibrated configuration needs calibration data")
+                source = gptq_llama_folder(sources[dtype], out + "-gptq", lm.write_tokenizer,
+                                           config.precision, config.quant, calibration.samples)
+                row["calibration"] = calibration.record
+            decoder_io = build_decoder(source, out, config.precision, "cpu", config.quant)
+            manifest = _engine_manifest(out, lm.llm, decoder_io, context)
+            decoder = DecoderEngine(manifest, ["CPUExecutionProvider"], threads, max_length=context)
+        except Exception as e:  # a configuration the builder or onnxruntime refuses is a result too
+            row["error"] = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+            (log or print)(f"{config.name}: failed ({row['error']})")
+            yield config, row, None, out
+            continue
+        row["build_s"] = time.time() - t0
+        row["bytes"] = sum(os.path.getsize(os.path.join(out, f))
+                           for f in ("decoder.onnx", "decoder.onnx.data"))
+        row["read_bytes"] = weights_read_per_token(os.path.join(out, "decoder.onnx"))
+        yield config, row, decoder, out
+        del decoder
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out + "-gptq", ignore_errors=True)
+
+
 def score_configs(lm: LanguageModel, windows: List[List[int]], reference: dict, window: int, configs=CONFIGS,
-                  threads: int = 0, log=print) -> list:
+                  threads: int = 0, log=print, calibration=None) -> list:
     """Every configuration built as mobilevlm-export builds it, and scored; a refusal is a row too."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="mobilevlm_quality_") as tmp:
-        sources = {}  # the Llama folder the builder reads, one per weight dtype
-        for config in configs:
-            dtype = weights_dtype(config.precision)
-            if dtype not in sources:
-                sources[dtype] = os.path.join(tmp, f"llama-{str(dtype).split('.')[-1]}")
-                os.makedirs(sources[dtype])
-                write_llama_folder(lm.llm, sources[dtype], dtype, lm.write_tokenizer)
-            out = os.path.join(tmp, config.name.replace(" ", "_"))
-            row = {"name": config.name, "precision": config.precision, "config": config.quant,
-                   "default": config.is_default}
-            t0 = time.time()
-            try:
-                decoder_io = build_decoder(sources[dtype], out, config.precision, "cpu", config.quant)
-                manifest = _engine_manifest(out, lm.llm, decoder_io, window + 1)
-                decoder = DecoderEngine(manifest, ["CPUExecutionProvider"], threads, max_length=window + 1)
-            except Exception as e:  # a configuration the builder or onnxruntime refuses is a result too
-                row["error"] = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-                log(f"{config.name}: failed ({row['error']})")
-                rows.append(row)
-                continue
-            row["build_s"] = time.time() - t0
-            row["bytes"] = sum(os.path.getsize(os.path.join(out, f))
-                               for f in ("decoder.onnx", "decoder.onnx.data"))
-            row.update(score_engine(lm, decoder, embedding_table(lm.llm, config.precision), windows,
-                                    reference["choices"]))
-            del decoder
-            log(f"{config.name}: ppl {row['ppl']:.3f} ({100 * (row['ppl'] / reference['ppl'] - 1):+.1f}%), "
-                f"agreement {row['agreement']:.3f}, {row['bytes'] / 2**20:.0f} MB, "
-                f"{row['decode_tok_s']:.0f} tok/s")
+        for config, row, decoder, _ in build_configs(lm, configs, tmp, window + 1, threads, calibration, log):
             rows.append(row)
+            if decoder is None:
+                continue
+            table = embedding_table(lm.llm, config.precision)
+            row.update(score_engine(lm, decoder, table, windows, reference["choices"]))
+            row["at_once_vs_steps"] = window_at_once_vs_steps(decoder, table, windows[0][:64])
+            (log or print)(
+                f"{config.name}: ppl {row['ppl']:.3f} ({100 * (row['ppl'] / reference['ppl'] - 1):+.1f}%), "
+                f"agreement {row['agreement']:.3f}, {row['read_bytes'] / 2**20:.0f} MB read per token, "
+                f"{row['decode_tok_s']:.0f} tok/s, M>1 vs M=1 {row['at_once_vs_steps']['relative']:.1e}")
     return rows
 
 
-def measure(lm: LanguageModel, text: str, tokens: int = 1024, window: int = 512, configs=CONFIGS,
-            threads: int = 0, log=print) -> dict:
-    """The whole table: the reference, then every configuration. The reference's greedy choices
-    come back too (`reference_choices`), for other engines scored on the same windows."""
-    windows = corpus_windows(lm.encode(text), tokens, window)
+def measure_shape(lm: LanguageModel, configs, steps: int = 64, threads: int = 0, calibration=None,
+                  log=print) -> list:
+    """Bytes read per decode token and decode tokens/s of each configuration on `lm` (the synthetic
+    checkpoint of a real shape: calibration changes neither, so any weights of the layout do)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_shape_") as tmp:
+        for config, row, decoder, _ in build_configs(lm, configs, tmp, steps + 1, threads, calibration, log):
+            rows.append(row)
+            if decoder is None:
+                continue
+            table = embedding_table(lm.llm, config.precision)
+            ids = np.random.default_rng(0).integers(3, table.shape[0], steps + 1)
+            decoder.rewind(0)
+            decoder.run(np.asarray(table[ids[:1]], np.float32))
+            t0 = time.perf_counter()
+            for i in ids[1:]:
+                decoder.run(np.asarray(table[[i]], np.float32))
+            row["decode_tok_s"] = steps / (time.perf_counter() - t0)
+            (log or print)(f"{config.name} at this shape: {row['read_bytes'] / 2**20:.0f} MB read per token, "
+                           f"{row['decode_tok_s']:.1f} tok/s")
+    return rows
+
+
+def measure(lm: LanguageModel, texts, tokens: int = 8192, window: int = 512, configs=CONFIGS,
+            threads: int = 0, log=print, calibration=None) -> dict:
+    """The whole table: the reference, then every configuration, on `texts` (a text or a list of them).
+    The reference's greedy choices come back too (`reference_choices`), for other engines scored on
+    the same windows."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    windows = texts_windows([lm.encode(t) for t in texts], tokens, window)
     t0 = time.time()
     reference = score_reference(lm, windows)
-    log(f"reference (PyTorch fp32): ppl {reference['ppl']:.3f} on {reference['tokens']} tokens "
-        f"({time.time() - t0:.1f}s)")
-    engines = score_configs(lm, windows, reference, window, configs, threads, log)
+    (log or print)(f"reference (PyTorch fp32): ppl {reference['ppl']:.3f} on {reference['tokens']} tokens "
+                   f"({time.time() - t0:.1f}s)")
+    engines = score_configs(lm, windows, reference, window, configs, threads, log, calibration)
     return {"reference": {"ppl": reference["ppl"], "tokens": reference["tokens"]}, "engines": engines,
             "windows": windows, "reference_choices": reference["choices"]}

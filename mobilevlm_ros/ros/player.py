@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 from rclpy.exceptions import NameValidationException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
@@ -22,8 +23,10 @@ from rclpy.validate_namespace import validate_namespace
 from rclpy.validate_node_name import validate_node_name
 from sensor_msgs.msg import CompressedImage, Image
 
+from ..runtime.errors import ImageError
 from ..srv import Ask
 from . import bags
+from .bridge import compressed_imgmsg_to_rgb, imgmsg_to_rgb
 from .params import CAMERA_NAME
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -89,6 +92,35 @@ def load_events(bag: str, questions_file: Optional[str] = None) -> Tuple[List[Ev
                 events.append(Event((t0 or 0) + int(float(q["t"]) * 1e9), "question", q.get("camera", ""), q))
     events.sort(key=lambda e: (e.t_ns, e.kind != "frame"))
     return events, image_topics
+
+
+def calibration_frames(bag: str, limit: int = 64) -> List[Tuple[np.ndarray, List[str]]]:
+    """Up to `limit` frames spread over the bag, as RGB, each with the questions the bag asks about
+    its camera: what `mobilevlm-export --calibrate BAG` calibrates the decoder on. Frames that do not
+    decode are skipped (a robot's bag may hold a few); none decoding is an error."""
+    events, _ = load_events(bag)
+    frames = [e for e in events if e.kind == "frame"]
+    asked: Dict[str, List[str]] = {}
+    for e in events:
+        if e.kind == "question" and e.data.get("question"):
+            asked.setdefault(e.camera, []).append(str(e.data["question"]))
+    spread = np.linspace(0, len(frames) - 1, min(limit, len(frames))).astype(int) if frames else ()
+    picks = sorted(set(spread))
+    out, errors = [], []
+    for i in picks:
+        e = frames[i]
+        try:
+            if e.compressed:
+                rgb = compressed_imgmsg_to_rgb(deserialize_message(e.data, CompressedImage))
+            else:
+                rgb = imgmsg_to_rgb(deserialize_message(e.data, Image))
+        except ImageError as err:
+            errors.append(str(err))
+            continue
+        out.append((rgb, asked.get(e.camera, []) + asked.get("", [])))  # "": the bag's default camera
+    if picks and not out:
+        raise ValueError(f"bag {bag}: no frame decodes ({errors[0]})")
+    return out
 
 
 def camera_transports(events: List[Event], image_topics: Dict[str, str]) -> Dict[str, str]:

@@ -36,25 +36,33 @@ def main(argv=None) -> int:
     p.add_argument("--quant", metavar="NAME",
                    help="int4/int8: another quantization configuration, named as mobilevlm-quality prints it "
                         "(e.g. \"int4 k-quant block 16, sensitive int8\")")
+    p.add_argument("--calibrate", metavar="SRC",
+                   help="calibrated configurations (GPTQ): calibrate on a rosbag's camera frames (with the "
+                        "caption prompt and the bag's questions), a folder of images, or a text file "
+                        "(default: demo scenes and the package's own documentation)")
     p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
     a = p.parse_args(argv)
     if bool(a.src) == bool(a.synthetic):
         p.error("give either SRC or --synthetic NAME")
 
-    from ..model.export import export
+    from ..model.calibration import load_source
+    from ..model.export import DEFAULT_QUANT, export, is_calibrated
+    from ..model.quality import CONFIGS
     from ..model.synthetic import PRESETS, write_synthetic
     from ..runtime.errors import VLMError
 
     quant = None
     if a.quant:
-        from ..model.quality import CONFIGS
-
         config = next((c for c in CONFIGS if c.name == a.quant and c.precision == a.precision), None)
         if config is None:
             p.error(f"--quant: {a.precision} configurations are: "
                     + "; ".join(c.name for c in CONFIGS if c.precision == a.precision))
         quant = config.quant
+    if a.calibrate and not is_calibrated(DEFAULT_QUANT.get(a.precision) if quant is None else quant):
+        example = next(c.name for c in CONFIGS if is_calibrated(c.quant) and c.precision == a.precision)
+        p.error(f"--calibrate: give a calibrated configuration too, e.g. --quant {example!r}")
     try:
+        calibrate = load_source(a.calibrate, read_bag) if a.calibrate else None
         if a.synthetic:
             if a.synthetic not in PRESETS:
                 p.error(f"unknown synthetic model {a.synthetic!r}; known: {', '.join(PRESETS)}")
@@ -65,15 +73,22 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory(prefix="mobilevlm_ckpt_") as ckpt:
                 write_synthetic(a.synthetic, ckpt, layout=a.layout, seed=a.seed)
                 export(ckpt, a.out, a.precision, a.target, model_id=f"synthetic/{a.synthetic}",
-                       block_size=a.block_size, quant=quant)
+                       block_size=a.block_size, quant=quant, calibrate=calibrate)
         else:
             export(a.src, a.out, a.precision, a.target, vision_tower=a.vision_tower, model_id=a.src,
-                   block_size=a.block_size, quant=quant)
+                   block_size=a.block_size, quant=quant, calibrate=calibrate)
     except (VLMError, ValueError, OSError) as e:
         print(f"mobilevlm-export: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote engine to {os.path.abspath(a.out)}")
     return 0
+
+
+def read_bag(path: str):
+    """A bag's frames and questions, read by the ROS layer (rclpy: `make setup`, or a ROS install)."""
+    from ..ros.player import calibration_frames
+
+    return calibration_frames(path)
 
 
 if __name__ == "__main__":

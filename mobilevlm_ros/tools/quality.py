@@ -1,11 +1,16 @@
-"""mobilevlm-quality: what each decoder precision and int4 configuration costs on real weights.
+"""mobilevlm-quality: what each decoder configuration costs in quality, in bytes read per decode token,
+and in speed.
 
   mobilevlm-quality mtgv/MobileVLM_V2-1.7B --corpus /usr/share/common-licenses/GPL-3
-  mobilevlm-quality SmolLM2-135M-Instruct.Q4_1.gguf --corpus text.txt --tokens 1024 --json
+  mobilevlm-quality SmolLM2-135M-Instruct.Q4_1.gguf --corpus a.txt b.txt --tokens 8192 --json
+  mobilevlm-quality SmolLM2.gguf --corpus a.txt b.txt --shape v2-1.7b --defaults
 
 SRC is a MobileVLM checkpoint (its language model), a Hugging Face Llama folder or hub id, or a
 .gguf file. Every decoder is exported as mobilevlm-export builds it and run by the runtime's own
 decoder engine; the PyTorch fp32 model is the reference (see mobilevlm_ros/model/quality.py).
+--shape NAME adds, beside each row, the bytes read per token and the decode speed of the same
+configuration on a synthetic checkpoint of that shape (quality from SRC, bytes and speed at the
+size a robot runs).
 """
 
 from __future__ import annotations
@@ -15,34 +20,60 @@ import json
 import sys
 
 
+def _mb(e: dict, key: str = "read_bytes") -> str:
+    return f"{e[key] / 2**20:.0f}" if e.get(key) else "-"
+
+
 def _table(report: dict) -> str:
     ref = report["reference"]["ppl"]
+    shape = {r["name"]: r for r in report.get("shape", {}).get("engines", [])}
+    shape_name = report.get("shape", {}).get("name", "")
+    head = ["engine", "default", "calibrated on", "perplexity", "vs fp32 reference", "top-1 agreement",
+            "MB read per decode token", "decoder MB", "M>1 vs M=1", "decode tok/s"]
+    if shape:
+        head += [f"MB read per token at {shape_name}", f"decode tok/s at {shape_name}"]
     lines = [f"reference (PyTorch fp32): perplexity {ref:.3f} on {report['reference']['tokens']} tokens", "",
-             "| engine | default | perplexity | vs fp32 reference | top-1 agreement | decoder MB "
-             "| decode tok/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in report["engines"] + report.get("llamacpp", []):
         if "error" in e:
-            lines.append(f"| {e['name']} | | failed: {e['error']} | | | | |")
+            lines.append(f"| {e['name']} | | | failed: {e['error']} |" + " |" * (len(head) - 4))
             continue
         agreement = f"{e['agreement']:.3f}" if e.get("agreement") is not None else "-"
-        lines.append(f"| {e['name']} | {'yes' if e.get('default') else ''} | {e['ppl']:.3f} | "
-                     f"{100 * (e['ppl'] / ref - 1):+.2f}% | {agreement} | {e['bytes'] / 2**20:.1f} | "
-                     f"{e['decode_tok_s']:.1f} |")
+        check = e.get("at_once_vs_steps")
+        kernels = "-" if not check else f"{check['relative']:.0e}" + ("" if check["same_argmax"] else
+                                                                       " ARGMAX DIFFERS")
+        row = [e["name"], "yes" if e.get("default") else "", (e.get("calibration") or {}).get("name", ""),
+               f"{e['ppl']:.3f}", f"{100 * (e['ppl'] / ref - 1):+.2f}%", agreement, _mb(e), _mb(e, "bytes"),
+               kernels, f"{e['decode_tok_s']:.1f}"]
+        if shape:
+            s = shape.get(e["name"], {})
+            row += [_mb(s), f"{s['decode_tok_s']:.1f}" if s.get("decode_tok_s") else "-"]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-quality", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="MobileVLM checkpoint, Llama folder or hub id, or a .gguf file")
-    p.add_argument("--corpus", required=True,
-                   help="a text file of real prose (e.g. /usr/share/common-licenses/GPL-3)")
-    p.add_argument("--tokens", type=int, default=1024, help="tokens of the corpus to score (default 1024)")
+    p.add_argument("--corpus", required=True, nargs="+", metavar="TEXT",
+                   help="text files of real prose, windows taken from each in turn "
+                        "(e.g. /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/MPL-2.0)")
+    p.add_argument("--tokens", type=int, default=8192,
+                   help="tokens of the corpus to score (default 8192: fewer move configurations by about "
+                        "half a percent between runs)")
     p.add_argument("--window", type=int, default=512,
                    help="tokens per window, each read after BOS (default 512)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--only", nargs="*", metavar="NAME",
                    help="score only these configurations (names as printed)")
+    p.add_argument("--defaults", action="store_true",
+                   help="score only what a plain mobilevlm-export builds: fp32, the int8 and int4 defaults")
+    p.add_argument("--calibrate", metavar="TEXT",
+                   help="text file that calibrates the GPTQ rows (default: the package's own documentation); "
+                        "refused when it overlaps the corpus")
+    p.add_argument("--shape", metavar="NAME",
+                   help="also measure bytes read per token and decode speed of each configuration on a "
+                        "synthetic checkpoint of this shape (e.g. v2-1.7b; minutes per configuration)")
     p.add_argument("--llamacpp", action="store_true",
                    help="also convert the same fp32 weights with llama.cpp and score Q8_0, Q4_0, Q4_K_M "
                         "(needs llama-cpp-python and llama.cpp's converter, see --llamacpp-src)")
@@ -51,30 +82,90 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
 
+    from ..model.export import is_calibrated
     from ..model.quality import CONFIGS, load_language_model, measure
     from ..runtime.errors import VLMError
 
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
-    configs = [c for c in CONFIGS if not a.only or c.name in a.only]
+    configs = [c for c in CONFIGS if (not a.only or c.name in a.only) and (not a.defaults or c.is_default)]
     if a.only and len(configs) != len(a.only):
         p.error(f"--only: known configurations are {', '.join(c.name for c in CONFIGS)}")
+    if a.shape:
+        from ..model.synthetic import PRESETS
+
+        if a.shape not in PRESETS:
+            p.error(f"--shape: known shapes are {', '.join(PRESETS)}")
     try:
-        with open(a.corpus, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        texts = []
+        for path in a.corpus:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                texts.append(f.read())
         lm = load_language_model(a.src)
-        report = measure(lm, text, tokens=a.tokens, window=a.window, configs=configs, threads=a.threads,
-                         log=log)
+        calibration = None
+        if any(is_calibrated(c.quant) for c in configs):
+            calibration = _calibration(a, texts, lm, log)
+        report = measure(lm, texts, tokens=a.tokens, window=a.window, configs=configs, threads=a.threads,
+                         log=log, calibration=calibration)
         windows, choices = report.pop("windows"), report.pop("reference_choices")
         if a.llamacpp:
             from ..model.llamacpp_quality import measure_llamacpp
 
             report["llamacpp"] = measure_llamacpp(lm, windows, choices, a.llamacpp_src, threads=a.threads,
                                                   log=log)
+        if a.shape:
+            report["shape"] = _shape(a, configs, log)
     except (VLMError, ValueError, OSError) as e:
         print(f"mobilevlm-quality: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2) if a.json else "\n" + _table(report))
     return 0
+
+
+def _calibration(a, texts, lm, log):
+    """The GPTQ rows' calibration set, from --calibrate or the default source's text; never from a
+    text that overlaps the evaluation corpus."""
+    from ..model.calibration import default_source, overlap, text_calibration, text_source
+
+    source = text_source(a.calibrate) if a.calibrate else default_source(scenes=0)
+    for path, text in zip(a.corpus, texts):
+        shared = overlap(source.text, text)
+        if shared > MAX_OVERLAP:
+            raise ValueError(f"--calibrate {source.name}: {100 * shared:.0f}% of its 8-word sequences are in "
+                             f"the evaluation text {path}; calibrate on a text that is not evaluated")
+    calibration = text_calibration(lm.encode, lm.bos_id, source)
+    log(f"calibration set {source.name}: {calibration.record['samples']} samples, "
+        f"{calibration.record['tokens']} tokens")
+    return calibration
+
+
+# Two unrelated texts share well under 1% of their 8-word sequences; a text evaluated on itself, 100%.
+MAX_OVERLAP = 0.02
+
+
+def _shape(a, configs, log) -> dict:
+    """Bytes read per token and decode speed of each configuration on a synthetic checkpoint of a's shape."""
+    import tempfile
+
+    from ..model.calibration import default_source, text_calibration
+    from ..model.export import is_calibrated
+    from ..model.quality import load_language_model, measure_shape
+    from ..model.synthetic import write_synthetic
+
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_shape_ckpt_") as ckpt:
+        write_synthetic(a.shape, ckpt)
+        lm = load_language_model(ckpt)
+        calibration = None
+        if any(is_calibrated(c.quant) for c in configs):
+            # Only the layout matters here: a small set keeps GPTQ at this size to minutes.
+            calibration = text_calibration(lm.encode, lm.bos_id, default_source(scenes=0),
+                                           count=4, seq_len=64)
+        rows = measure_shape(lm, configs, threads=a.threads, calibration=calibration, log=log)
+        out = {"name": a.shape, "engines": rows}
+        if a.llamacpp:
+            from ..model.llamacpp_quality import measure_llamacpp_shape
+
+            out["engines"] += measure_llamacpp_shape(lm, a.llamacpp_src, threads=a.threads, log=log)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""GPTQ on the decoder's weights through Olive (olive-ai's `Gptq` pass: maintained, layer by layer, on
+the CPU when there is no GPU), written in the "olive" checkpoint format that onnxruntime-genai's
+builder turns into MatMulNBits: packed weights and scales, zero points only when asymmetric, per-module
+bits for the int8 matrices.
+
+Chosen by measurement over onnxruntime's own GPTQ, which made symmetric int4 worse than plain rounding
+(QUANTIZATION.md): Olive's GPTQ is the reference algorithm (Hessian from the calibration inputs,
+column-wise error feedback, the group's grid fixed as the group starts).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from typing import Dict, List
+
+import torch
+
+from ..runtime.errors import CheckpointError
+
+_SAMPLES: Dict[str, List[dict]] = {}  # calibration sets by key, for the dataset Olive's registry names
+_KEYS = itertools.count()
+
+
+def sensitive_layers(num_layers: int) -> List[int]:
+    """The layers whose attention and down projections llama.cpp's Q4_K_M (and the builder's
+    `mixed_layers`) keep at more bits: the first and last eighth, and every third one between."""
+    return [i for i in range(num_layers)
+            if i < num_layers / 8 or i >= 7 * num_layers / 8 or (i - round(num_layers / 8)) % 3 == 2]
+
+
+def overrides(num_layers: int, bits: int, mixed: str) -> Dict[str, Dict[str, int]]:
+    """Olive's per-module bits for the builder's `matmul_mixed_precision` spelling
+    ("last_matmul:int8,mixed_layers:int8"): lm_head, and v/down projections of the sensitive layers
+    (Olive gives q, k and v of a layer one config, as the builder's fused qkv_proj has)."""
+    spec = dict(part.split(":") for part in mixed.split(",") if part) if mixed else {}
+    unknown = set(spec) - {"last_matmul", "mixed_layers"}
+    if unknown:
+        raise ValueError(f"matmul_mixed_precision: {', '.join(sorted(unknown))} is not supported with GPTQ")
+    out = {}
+    if "last_matmul" in spec:
+        out["lm_head"] = {"bits": int(spec["last_matmul"].removeprefix("int"))}
+    if "mixed_layers" in spec:
+        more = int(spec["mixed_layers"].removeprefix("int"))
+        for i in sensitive_layers(num_layers):
+            for name in ("self_attn.v_proj", "mlp.down_proj"):
+                out[f"model.layers.{i}.{name}"] = {"bits": more}
+    return {k: v for k, v in out.items() if v["bits"] != bits}
+
+
+def calibration_samples(key: str) -> List[tuple]:
+    """Olive's dataset component: (inputs, label) pairs, as its loaders yield them."""
+    return [(sample, 0) for sample in _SAMPLES[key]]
+
+
+def quantize(llama_folder: str, out: str, samples: List[dict], bits: int, block_size: int,
+             symmetric: bool = True, mixed: str = "") -> str:
+    """GPTQ of every Linear of the Llama in `llama_folder` (fp32 safetensors), lm_head included,
+    calibrated on `samples` (dicts for the Llama's forward, batch 1); the olive checkpoint goes to
+    `out`. Deterministic: the same weights and samples give the same checkpoint."""
+    try:
+        from olive.data.config import DataConfig
+        from olive.data.registry import Registry
+        from olive.hardware.accelerator import AcceleratorSpec
+        from olive.model import HfModelHandler
+        from olive.passes.olive_pass import create_pass_from_dict
+        from olive.passes.pytorch.gptq import Gptq
+    except ImportError as e:
+        raise CheckpointError(f"GPTQ needs olive-ai (pip install .[export]): {e}") from None
+
+    logging.getLogger("olive").setLevel(logging.WARNING)
+    Registry.register_dataset("mobilevlm_calibration")(calibration_samples)  # registering again replaces it
+    key = f"set{next(_KEYS)}"
+    _SAMPLES[key] = samples
+    with open(os.path.join(llama_folder, "config.json")) as f:
+        num_layers = json.load(f)["num_hidden_layers"]
+    data = DataConfig(name="mobilevlm_calibration",
+                      load_dataset_config={"type": "mobilevlm_calibration", "params": {"key": key}},
+                      dataloader_config={"type": "no_auto_batch_dataloader"})  # samples are batches of 1
+    gptq = create_pass_from_dict(
+        Gptq, {"bits": bits, "group_size": block_size, "sym": symmetric, "lm_head": True,
+               "overrides": overrides(num_layers, bits, mixed) or None, "data_config": data},
+        disable_search=True, accelerator_spec=AcceleratorSpec("cpu", "CPUExecutionProvider"))
+    torch.manual_seed(0)
+    try:
+        gptq.run(HfModelHandler(model_path=llama_folder), out)
+    finally:
+        del _SAMPLES[key]
+    return out
