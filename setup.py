@@ -38,6 +38,9 @@ setup(
             # with these.
             "gguf==0.19.0",
             "accelerate==1.15.0",
+            # mobilevlm-export --quant "int4 GPTQ ...": Olive's GPTQ writes the checkpoint format
+            # (quant_method "olive") that onnxruntime-genai 0.18's builder reads; pinned together.
+            "olive-ai==0.13.0",
         ],
         # ruff pinned: `make test` lints with it, and its rules change between releases.
         "test": ["pytest>=8", "ruff==0.17.6"],
