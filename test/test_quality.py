@@ -126,3 +126,67 @@ def test_export_refuses_an_unknown_configuration(capsys):
         export_main(["--synthetic", "tiny", "--out", "/nonexistent", "--precision", "int8",
                      "--quant", "int4 block 32"])
     assert "int8 configurations are:" in capsys.readouterr().err
+
+
+def test_weights_read_per_token_of_an_fp32_decoder_is_its_matrices_and_norms(engines):
+    """Known answer from the tiny config (hidden 64, intermediate 128, 2 layers, vocab 512): q, k, v, o,
+    gate, up, down and lm_head in fp32, plus the RMSNorm weights; no embedding table (the runtime
+    gathers rows itself), no rotary caches (one row read per step)."""
+    from mobilevlm_ros.model.quality import weights_read_per_token
+
+    h, i, layers, vocab = 64, 128, 2, 512
+    matrices = layers * (4 * h * h + 3 * h * i) + h * vocab
+    norms = (2 * layers + 1) * h
+    engine = engines("tiny", "fp32")
+    assert weights_read_per_token(f"{engine}/decoder.onnx") == 4 * (matrices + norms)
+
+
+def test_llamacpp_bytes_read_come_from_the_tensor_types(tmp_path):
+    """Every tensor but the token embeddings, unless the output layer is tied to them."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter, quantize
+
+    from mobilevlm_ros.model.llamacpp_quality import tensor_types, weights_read_per_token
+
+    def write(path, names):
+        w = GGUFWriter(str(path), "llama")
+        for name in names:
+            data = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+            if name.startswith("blk"):
+                q = quantize(data, GGMLQuantizationType.Q8_0)
+                w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=GGMLQuantizationType.Q8_0)
+            else:
+                w.add_tensor(name, data)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    q8_row = 2 * (2 + 32)  # two Q8_0 blocks of 32 per 64-wide row: an f16 scale and 32 int8 each
+    write(tmp_path / "untied.gguf", ["token_embd.weight", "output.weight", "blk.0.attn_q.weight"])
+    assert weights_read_per_token(str(tmp_path / "untied.gguf")) == 8 * 64 * 4 + 8 * q8_row
+    assert tensor_types(str(tmp_path / "untied.gguf")) == {"F32": 2, "Q8_0": 1}
+    write(tmp_path / "tied.gguf", ["token_embd.weight", "blk.0.attn_q.weight"])
+    assert weights_read_per_token(str(tmp_path / "tied.gguf")) == 8 * 64 * 4 + 8 * q8_row
+
+
+def test_window_at_once_against_token_by_token(engines):
+    """The check of onnxruntime issue 29853 (M > 1 against M = 1): float noise on a sound engine, and
+    a prefill path that computes something else is caught."""
+    import numpy as np
+
+    from mobilevlm_ros.model.quality import window_at_once_vs_steps
+    from mobilevlm_ros.runtime import manifest as mf
+    from mobilevlm_ros.runtime.engines import DecoderEngine
+
+    engine = engines("tiny", "fp32")
+    decoder = DecoderEngine(mf.load(engine), ["CPUExecutionProvider"], 1, max_length=64)
+    table = np.load(f"{engine}/embed_tokens.npy")
+    ids = list(range(3, 40))
+    sound = window_at_once_vs_steps(decoder, table, ids)
+    assert sound["relative"] < 1e-5 and sound["same_argmax"]
+
+    run = decoder.run
+    decoder.run = lambda embeds: run(embeds) + (np.arange(512) * 0.5 if len(embeds) > 1 else 0)
+    broken = window_at_once_vs_steps(decoder, table, ids)
+    assert broken["relative"] > 0.1 and not broken["same_argmax"]
