@@ -172,6 +172,29 @@ def gptq_llama_folder(fp32_folder: str, out: str, write_tokenizer: Callable[[str
     return out
 
 
+def run_builder(cmd: List[str], llama_folder: str) -> None:
+    """The builder as a subprocess, its minutes shown as a progress bar: it prints "Reading layer N"
+    while it builds the graph, then a line per quantized MatMul."""
+    from collections import deque
+
+    from tqdm.auto import tqdm
+
+    with open(os.path.join(llama_folder, "config.json")) as f:
+        layers = json.load(f)["num_hidden_layers"]
+    tail, quantized = deque(maxlen=40), 0
+    with tqdm(total=layers, desc="decoder graph", unit="layer", leave=False) as bar, \
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            tail.append(line)
+            if line.startswith("Reading layer"):
+                bar.update(1)
+            elif "complete quantization of" in line:
+                quantized += 1
+                bar.set_postfix_str(f"{quantized} matrices quantized", refresh=True)
+    if proc.returncode != 0:
+        raise CheckpointError("onnxruntime-genai builder failed:\n" + "".join(tail)[-3000:])
+
+
 def build_decoder(llama_folder: str, out: str, precision: str, target: str, quant: Dict[str, object]) -> dict:
     """Run onnxruntime-genai's builder on a Llama folder; decoder.onnx(.data) land in `out`.
 
@@ -184,9 +207,7 @@ def build_decoder(llama_folder: str, out: str, precision: str, target: str, quan
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", llama_folder, "-o", dst,
                "-p", "fp32" if hqq else precision, "-e", target, "-c", os.path.join(tmp, "cache"),
                "--extra_options", *builder_options("fp32" if hqq else precision, quant)]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise CheckpointError("onnxruntime-genai builder failed:\n" + run.stderr[-3000:])
+        run_builder(cmd, llama_folder)
         os.makedirs(out, exist_ok=True)
         if hqq:
             quantize_decoder_hqq(os.path.join(dst, "decoder.onnx"), out, precision, quant)

@@ -31,22 +31,28 @@ def sensitive_layers(num_layers: int) -> List[int]:
             if i < num_layers / 8 or i >= 7 * num_layers / 8 or (i - round(num_layers / 8)) % 3 == 2]
 
 
+# Selectors of `matmul_mixed_precision` -> the projections of the sensitive layers they raise.
+# mixed_layers is the builder's (v and down; Olive gives q, k and v of a layer one config, as the
+# builder's fused qkv_proj has); mixed_down is ours: down alone, the cheaper half of llama.cpp's choice.
+SENSITIVE_PROJECTIONS = {"mixed_layers": ("self_attn.v_proj", "mlp.down_proj"),
+                         "mixed_down": ("mlp.down_proj",)}
+
+
 def overrides(num_layers: int, bits: int, mixed: str) -> Dict[str, Dict[str, int]]:
-    """Olive's per-module bits for the builder's `matmul_mixed_precision` spelling
-    ("last_matmul:int8,mixed_layers:int8"): lm_head, and v/down projections of the sensitive layers
-    (Olive gives q, k and v of a layer one config, as the builder's fused qkv_proj has)."""
+    """Olive's per-module bits for the `matmul_mixed_precision` spelling, e.g.
+    "last_matmul:int8,mixed_layers:int8": lm_head, and projections of the sensitive layers."""
     spec = dict(part.split(":") for part in mixed.split(",") if part) if mixed else {}
-    unknown = set(spec) - {"last_matmul", "mixed_layers"}
+    unknown = set(spec) - {"last_matmul", *SENSITIVE_PROJECTIONS}
     if unknown:
         raise ValueError(f"matmul_mixed_precision: {', '.join(sorted(unknown))} is not supported with GPTQ")
     out = {}
     if "last_matmul" in spec:
         out["lm_head"] = {"bits": int(spec["last_matmul"].removeprefix("int"))}
-    if "mixed_layers" in spec:
-        more = int(spec["mixed_layers"].removeprefix("int"))
-        for i in sensitive_layers(num_layers):
-            for name in ("self_attn.v_proj", "mlp.down_proj"):
-                out[f"model.layers.{i}.{name}"] = {"bits": more}
+    for selector, projections in SENSITIVE_PROJECTIONS.items():
+        if selector in spec:
+            for i in sensitive_layers(num_layers):
+                for name in projections:
+                    out[f"model.layers.{i}.{name}"] = {"bits": int(spec[selector].removeprefix("int"))}
     return {k: v for k, v in out.items() if v["bits"] != bits}
 
 

@@ -66,6 +66,8 @@ class Config:
 # it: lm_head, the first and last eighth of the layers and every third layer's qkv/v/down
 # projections in int8, the rest int4.
 SENSITIVE_INT8 = "last_matmul:int8,mixed_layers:int8"
+# GPTQ only (model/gptq.py): lm_head and the sensitive layers' down projections in int8.
+SENSITIVE_DOWN_INT8 = "last_matmul:int8,mixed_down:int8"
 CONFIGS = (
     Config("fp32", "fp32"),
     Config("int8 block 128", "int8", {"block_size": 128}),
@@ -99,8 +101,14 @@ CONFIGS = (
            {"algo_config": "gptq", "block_size": 32, "matmul_mixed_precision": "last_matmul:int8"}),
     Config("int4 GPTQ block 32, sensitive int8", "int4",
            {"algo_config": "gptq", "block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
+    Config("int4 GPTQ block 32, lm_head and sensitive down int8", "int4",
+           {"algo_config": "gptq", "block_size": 32, "matmul_mixed_precision": SENSITIVE_DOWN_INT8}),
     Config("int4 GPTQ block 64, lm_head int8", "int4",
            {"algo_config": "gptq", "block_size": 64, "matmul_mixed_precision": "last_matmul:int8"}),
+    Config("int4 GPTQ block 64, lm_head and sensitive down int8", "int4",
+           {"algo_config": "gptq", "block_size": 64, "matmul_mixed_precision": SENSITIVE_DOWN_INT8}),
+    Config("int4 GPTQ block 64, sensitive int8", "int4",
+           {"algo_config": "gptq", "block_size": 64, "matmul_mixed_precision": SENSITIVE_INT8}),
     Config("int4 GPTQ block 32 asymmetric, lm_head int8", "int4",
            {"algo_config": "gptq", "block_size": 32, "is_symmetric": False,
             "matmul_mixed_precision": "last_matmul:int8"}),
