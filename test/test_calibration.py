@@ -171,3 +171,20 @@ def test_text_windows_and_sources(tmp_path):
         cal.load_source(str(tmp_path))  # a folder without images
     with pytest.raises(Exception, match="reads no bags"):
         cal.load_source(DEMO_BAG)
+
+
+def test_gptq_int8_selection_follows_llamacpps_rule():
+    """llama.cpp's Q4_K_M raises the first and last eighth of the layers and every third one between
+    (llama-quant.cpp, use_more_bits): for MobileVLM 1.7B's 24 layers, these 12."""
+    from mobilevlm_ros.model.gptq import overrides, sensitive_layers
+
+    assert sensitive_layers(24) == [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]
+    both = overrides(24, 4, "last_matmul:int8,mixed_layers:int8")
+    assert both.pop("lm_head") == {"bits": 8}
+    assert set(both) == {f"model.layers.{i}.{p}" for i in sensitive_layers(24)
+                         for p in ("self_attn.v_proj", "mlp.down_proj")}
+    down = overrides(24, 4, "last_matmul:int8,mixed_down:int8")
+    assert len(down) == 13 and all(k == "lm_head" or k.endswith("down_proj") for k in down)
+    assert overrides(24, 8, "last_matmul:int8") == {}  # already 8 bits: nothing to raise
+    with pytest.raises(ValueError, match="linear_attn"):
+        overrides(24, 4, "linear_attn:int8")

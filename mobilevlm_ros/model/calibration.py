@@ -97,7 +97,8 @@ def default_source(scenes: int = 24) -> Source:
         scene = sample_scene(10_000 + seed)  # not the demo model's evaluation seeds
         frames.append(Frame(scene.image, [(q, a) for kind, q, a in qa_pairs(scene, seed)
                                           if kind in ("caption", "ground")]))
-    return Source("default (demo scenes + package docstrings)", frames, package_text())
+    return Source("default (demo scenes + package docstrings)" if frames else "default (package docstrings)",
+                  frames, package_text())
 
 
 def text_source(path: str) -> Source:
