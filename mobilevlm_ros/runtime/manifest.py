@@ -7,6 +7,7 @@ genai_config.json is for onnxruntime-genai), and the files it is made of.
                  hidden_size, num_layers, num_heads, num_kv_heads, head_dim, vocab_size,
                  context_length, bos/eos_token_id: the decoder's shape and tokens
     precision, vision_precision, quantization, target: how it was built (mobilevlm-export)
+    calibration  what calibrated a calibrated quantization (name, sha256, samples, tokens), else null
     decoder_io   the decoder graph's input/output names
     files        role -> path, bytes, sha256
 
