@@ -182,6 +182,19 @@ def _run_worker(kind: str, target: str, a) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def synthetic_engine_name(synthetic: str, precision: str, block_size: int, target: str) -> str:
+    """The cached engine's folder name: it changes with the quantization the exporter would use now,
+    so a new default is never benchmarked on an engine built with the old one."""
+    import hashlib
+    import json
+
+    from ..model.export import DEFAULT_QUANT
+
+    quant = dict(DEFAULT_QUANT.get(precision, {}), **({"block_size": block_size} if block_size else {}))
+    tag = hashlib.sha256(json.dumps(quant, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{synthetic}-{precision}-{tag}" + ("-cuda" if target == "cuda" else "")
+
+
 def _synthetic(a) -> tuple:
     """A cached synthetic checkpoint and its engine (made once: a full-size int4 build takes minutes)."""
     from ..model.export import export
@@ -189,8 +202,7 @@ def _synthetic(a) -> tuple:
 
     ckpt = os.path.join(a.work, f"{a.synthetic}-checkpoint")
     target = "cuda" if a.backend in ("cuda", "tensorrt") else "cpu"
-    engine = os.path.join(a.work, f"{a.synthetic}-{a.precision}-b{a.block_size}"
-                          + ("-cuda" if target == "cuda" else ""))
+    engine = os.path.join(a.work, synthetic_engine_name(a.synthetic, a.precision, a.block_size, target))
     if not os.path.isfile(os.path.join(ckpt, "tokenizer.model")):
         print(f"writing synthetic checkpoint {ckpt} ...", file=sys.stderr)
         write_synthetic(a.synthetic, ckpt)
