@@ -190,3 +190,17 @@ def test_window_at_once_against_token_by_token(engines):
     decoder.run = lambda embeds: run(embeds) + (np.arange(512) * 0.5 if len(embeds) > 1 else 0)
     broken = window_at_once_vs_steps(decoder, table, ids)
     assert broken["relative"] > 0.1 and not broken["same_argmax"]
+
+
+def test_defaults_scores_only_what_a_plain_export_builds(checkpoints):
+    from mobilevlm_ros.model.export import DEFAULT_QUANT
+
+    r = subprocess.run([sys.executable, "-m", "mobilevlm_ros.tools.quality", checkpoints("tiny-gqa"),
+                        "--corpus", CORPUS, "--tokens", "32", "--window", "32", "--defaults", "--json",
+                        "--threads", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    engines = json.loads(r.stdout)["engines"]
+    assert [e["precision"] for e in engines] == ["fp32", "int8", "int4"]
+    assert [e["config"] for e in engines[1:]] == [DEFAULT_QUANT["int8"], DEFAULT_QUANT["int4"]]
+    assert all(e["default"] and e["bytes"] > 0 and e["read_bytes"] > 0 for e in engines)
+    assert engines[2]["read_bytes"] < engines[1]["read_bytes"] < engines[0]["read_bytes"]
