@@ -190,7 +190,7 @@ def run_builder(cmd: List[str], llama_folder: str) -> None:
                 bar.update(1)
             elif "complete quantization of" in line:
                 quantized += 1
-                bar.set_postfix_str(f"{quantized} matrices quantized", refresh=True)
+                bar.set_postfix_str(f"{quantized} matrices quantized", refresh=False)
     if proc.returncode != 0:
         raise CheckpointError("onnxruntime-genai builder failed:\n" + "".join(tail)[-3000:])
 
