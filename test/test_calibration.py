@@ -85,6 +85,14 @@ def test_calibrated_export_is_deterministic_and_has_the_quantization_it_claims(c
     for name, (bits, block, zero_points) in matmuls.items():
         assert (bits, block, zero_points) == (8 if name in int8 else 4, 32, False), name
 
+    # mobilevlm-quality --shape measures bytes and speed on the same layout rounded to nearest.
+    from mobilevlm_ros.model.quality import measure_shape, weights_read_per_token
+
+    config = next(c for c in CONFIGS if c.name == SENSITIVE)
+    (row,) = measure_shape(load_language_model(ckpt), [config], steps=4, threads=1, log=None)
+    assert row["read_bytes"] == weights_read_per_token(os.path.join(a, "decoder.onnx"))
+    assert row["decode_tok_s"] > 0 and row["calibration"] is None
+
 
 def test_asymmetric_gptq_has_zero_points(checkpoints, tmp_path, calibrated_text_file):
     engine = _export(checkpoints("tiny"), tmp_path / "asym", "int4 GPTQ block 32 asymmetric, lm_head int8",

@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -61,11 +61,13 @@ def calibration_samples(key: str) -> List[tuple]:
     return [(sample, 0) for sample in _SAMPLES[key]]
 
 
-def quantize(llama_folder: str, out: str, samples: List[dict], bits: int, block_size: int,
+def quantize(llama_folder: str, out: str, samples: Optional[List[dict]], bits: int, block_size: int,
              symmetric: bool = True, mixed: str = "") -> str:
     """GPTQ of every Linear of the Llama in `llama_folder` (fp32 safetensors), lm_head included,
     calibrated on `samples` (dicts for the Llama's forward, batch 1); the olive checkpoint goes to
-    `out`. Deterministic: the same weights and samples give the same checkpoint."""
+    `out`. Deterministic: the same weights and samples give the same checkpoint.
+    samples None: Olive's round-to-nearest pass instead, which writes the same layout (for measuring
+    bytes and speed, which calibration does not change)."""
     try:
         from olive.data.config import DataConfig
         from olive.data.registry import Registry
@@ -73,25 +75,32 @@ def quantize(llama_folder: str, out: str, samples: List[dict], bits: int, block_
         from olive.model import HfModelHandler
         from olive.passes.olive_pass import create_pass_from_dict
         from olive.passes.pytorch.gptq import Gptq
+        from olive.passes.pytorch.rtn import Rtn
     except ImportError as e:
         raise CheckpointError(f"GPTQ needs olive-ai (pip install .[export]): {e}") from None
 
     logging.getLogger("olive").setLevel(logging.WARNING)
-    Registry.register_dataset("mobilevlm_calibration")(calibration_samples)  # registering again replaces it
-    key = f"set{next(_KEYS)}"
-    _SAMPLES[key] = samples
     with open(os.path.join(llama_folder, "config.json")) as f:
         num_layers = json.load(f)["num_hidden_layers"]
-    data = DataConfig(name="mobilevlm_calibration",
-                      load_dataset_config={"type": "mobilevlm_calibration", "params": {"key": key}},
-                      dataloader_config={"type": "no_auto_batch_dataloader"})  # samples are batches of 1
-    gptq = create_pass_from_dict(
-        Gptq, {"bits": bits, "group_size": block_size, "sym": symmetric, "lm_head": True,
-               "overrides": overrides(num_layers, bits, mixed) or None, "data_config": data},
-        disable_search=True, accelerator_spec=AcceleratorSpec("cpu", "CPUExecutionProvider"))
+    options = {"bits": bits, "group_size": block_size, "sym": symmetric, "lm_head": True,
+               "overrides": overrides(num_layers, bits, mixed) or None}
+    key = f"set{next(_KEYS)}"
+    if samples is None:
+        method = create_pass_from_dict(Rtn, options, disable_search=True,
+                                       accelerator_spec=AcceleratorSpec("cpu", "CPUExecutionProvider"))
+    else:
+        # Registering again replaces the entry: one dataset component, keyed samples.
+        Registry.register_dataset("mobilevlm_calibration")(calibration_samples)
+        _SAMPLES[key] = samples
+        options["data_config"] = DataConfig(
+            name="mobilevlm_calibration",
+            load_dataset_config={"type": "mobilevlm_calibration", "params": {"key": key}},
+            dataloader_config={"type": "no_auto_batch_dataloader"})  # samples are batches of 1
+        method = create_pass_from_dict(Gptq, options, disable_search=True,
+                                       accelerator_spec=AcceleratorSpec("cpu", "CPUExecutionProvider"))
     torch.manual_seed(0)
     try:
-        gptq.run(HfModelHandler(model_path=llama_folder), out)
+        method.run(HfModelHandler(model_path=llama_folder), out)
     finally:
-        del _SAMPLES[key]
+        _SAMPLES.pop(key, None)
     return out

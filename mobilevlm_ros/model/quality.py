@@ -305,7 +305,8 @@ def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, w
 def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: int, calibration=None,
                   log=print):
     """(config, row, decoder or None, folder) per configuration, built as mobilevlm-export builds it;
-    a refusal is a row with "error". calibration: a calibration.Calibration for GPTQ configurations."""
+    a refusal is a row with "error". calibration: a calibration.Calibration for GPTQ configurations
+    (None: their layout, rounded to nearest instead)."""
     from tqdm.auto import tqdm
 
     sources = {}  # the Llama folder the builder reads, one per weight dtype
@@ -323,11 +324,11 @@ def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: i
         try:
             source = sources[dtype]
             if calibrated:
-                if calibration is None:
-                    raise ValueError("a calibrated configuration needs calibration data")
+                # calibration None: the same layout rounded to nearest (bytes and speed only)
+                samples = calibration.samples if calibration else None
                 source = gptq_llama_folder(sources[dtype], out + "-gptq", lm.write_tokenizer,
-                                           config.precision, config.quant, calibration.samples)
-                row["calibration"] = calibration.record
+                                           config.precision, config.quant, samples)
+                row["calibration"] = calibration.record if calibration else None
             decoder_io = build_decoder(source, out, config.precision, "cpu", config.quant)
             manifest = _engine_manifest(out, lm.llm, decoder_io, context)
             decoder = DecoderEngine(manifest, ["CPUExecutionProvider"], threads, max_length=context)
@@ -370,13 +371,13 @@ def score_configs(lm: LanguageModel, windows: List[List[int]], reference: dict, 
     return rows
 
 
-def measure_shape(lm: LanguageModel, configs, steps: int = 64, threads: int = 0, calibration=None,
-                  log=print) -> list:
+def measure_shape(lm: LanguageModel, configs, steps: int = 64, threads: int = 0, log=print) -> list:
     """Bytes read per decode token and decode tokens/s of each configuration on `lm` (the synthetic
-    checkpoint of a real shape: calibration changes neither, so any weights of the layout do)."""
+    checkpoint of a real shape). Calibration changes neither, so calibrated configurations are built
+    with their layout rounded to nearest (Olive's RTN pass, the same checkpoint format)."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="mobilevlm_shape_") as tmp:
-        for config, row, decoder, _ in build_configs(lm, configs, tmp, steps + 1, threads, calibration, log):
+        for config, row, decoder, _ in build_configs(lm, configs, tmp, steps + 1, threads, None, log):
             rows.append(row)
             if decoder is None:
                 continue

@@ -149,20 +149,13 @@ def _shape(a, configs, log) -> dict:
     """Bytes read per token and decode speed of each configuration on a synthetic checkpoint of a's shape."""
     import tempfile
 
-    from ..model.calibration import default_source, text_calibration
-    from ..model.export import is_calibrated
     from ..model.quality import load_language_model, measure_shape
     from ..model.synthetic import write_synthetic
 
     with tempfile.TemporaryDirectory(prefix="mobilevlm_shape_ckpt_") as ckpt:
         write_synthetic(a.shape, ckpt)
         lm = load_language_model(ckpt)
-        calibration = None
-        if any(is_calibrated(c.quant) for c in configs):
-            # Only the layout matters here: a small set keeps GPTQ at this size to minutes.
-            calibration = text_calibration(lm.encode, lm.bos_id, default_source(scenes=0),
-                                           count=4, seq_len=64)
-        rows = measure_shape(lm, configs, threads=a.threads, calibration=calibration, log=log)
+        rows = measure_shape(lm, configs, threads=a.threads, log=log)
         out = {"name": a.shape, "engines": rows}
         if a.llamacpp:
             from ..model.llamacpp_quality import measure_llamacpp_shape
