@@ -24,6 +24,12 @@ _SAMPLES: Dict[str, List[dict]] = {}  # calibration sets by key, for the dataset
 _KEYS = itertools.count()
 
 
+# GPTQ's damping (share of the Hessian's mean diagonal added to it). 0.1, not Olive's 0.01: on SmolLM2
+# calibrated on the package's docstrings and scored on licence prose, 0.01 gave +54.6% perplexity and
+# 0.1 +38.0% (BENCHMARKS.md): more damping leans less on a calibration set unlike the text scored.
+DAMP = 0.1
+
+
 def sensitive_layers(num_layers: int) -> List[int]:
     """The layers whose attention and down projections llama.cpp's Q4_K_M (and the builder's
     `mixed_layers`) keep at more bits: the first and last eighth, and every third one between."""
@@ -62,7 +68,7 @@ def calibration_samples(key: str) -> List[tuple]:
 
 
 def quantize(llama_folder: str, out: str, samples: Optional[List[dict]], bits: int, block_size: int,
-             symmetric: bool = True, mixed: str = "") -> str:
+             symmetric: bool = True, mixed: str = "", damp: float = DAMP) -> str:
     """GPTQ of every Linear of the Llama in `llama_folder` (fp32 safetensors), lm_head included,
     calibrated on `samples` (dicts for the Llama's forward, batch 1); the olive checkpoint goes to
     `out`. Deterministic: the same weights and samples give the same checkpoint.
@@ -92,6 +98,7 @@ def quantize(llama_folder: str, out: str, samples: Optional[List[dict]], bits: i
         # Registering again replaces the entry: one dataset component, keyed samples.
         Registry.register_dataset("mobilevlm_calibration")(calibration_samples)
         _SAMPLES[key] = samples
+        options["damp_percent"] = damp
         options["data_config"] = DataConfig(
             name="mobilevlm_calibration",
             load_dataset_config={"type": "mobilevlm_calibration", "params": {"key": key}},
