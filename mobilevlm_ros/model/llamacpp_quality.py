@@ -97,6 +97,20 @@ def score(path: str, lm: LanguageModel, windows: List[List[int]], reference_choi
     return score_teacher_forced(lm, start, step, windows, reference_choices)
 
 
+def quantized(lm: LanguageModel, llamacpp_src: str, threads: int):
+    """(name, .gguf path, its facts: file bytes, bytes read per token, tensor types) for each of FORMATS,
+    converted and quantized by llama.cpp from `lm`'s fp32 weights; each file is gone after its turn."""
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_gguf_") as tmp:
+        f32 = os.path.join(tmp, "model-f32.gguf")
+        convert(lm, llamacpp_src, f32)
+        for name, ftype in FORMATS:
+            path = os.path.join(tmp, f"model-{name}.gguf")
+            quantize(f32, path, ftype, threads)
+            yield name, path, {"bytes": os.path.getsize(path), "read_bytes": weights_read_per_token(path),
+                               "tensor_types": tensor_types(path)}
+            os.remove(path)
+
+
 def measure_llamacpp_shape(lm: LanguageModel, llamacpp_src: str, steps: int = 64, threads: int = 0,
                            log=print) -> list:
     """Bytes read per decode token and decode tokens/s of Q8_0, Q4_0 and Q4_K_M of `lm` (a synthetic
@@ -105,44 +119,30 @@ def measure_llamacpp_shape(lm: LanguageModel, llamacpp_src: str, steps: int = 64
 
     rows = []
     threads = threads or os.cpu_count()
-    with tempfile.TemporaryDirectory(prefix="mobilevlm_gguf_shape_") as tmp:
-        f32 = os.path.join(tmp, "model-f32.gguf")
-        convert(lm, llamacpp_src, f32)
-        for name, ftype in FORMATS:
-            path = os.path.join(tmp, f"model-{name}.gguf")
-            quantize(f32, path, ftype, threads)
-            model = Llama(model_path=path, n_ctx=steps + 2, n_threads=threads, n_threads_batch=threads,
-                          verbose=False)
-            ids = np.random.default_rng(0).integers(3, model.n_vocab(), steps + 1).tolist()
-            model.eval(ids[:1])
-            t0 = time.perf_counter()
-            for i in ids[1:]:
-                model.eval([i])
-            row = {"name": f"llama.cpp {name}", "decode_tok_s": steps / (time.perf_counter() - t0),
-                   "bytes": os.path.getsize(path), "read_bytes": weights_read_per_token(path),
-                   "tensor_types": tensor_types(path)}
-            del model
-            os.remove(path)
-            log(f"{row['name']} at this shape: {row['read_bytes'] / 2**20:.0f} MB read per token, "
-                f"{row['decode_tok_s']:.1f} tok/s ({row['tensor_types']})")
-            rows.append(row)
+    for name, path, facts in quantized(lm, llamacpp_src, threads):
+        model = Llama(model_path=path, n_ctx=steps + 2, n_threads=threads, n_threads_batch=threads,
+                      verbose=False)
+        ids = np.random.default_rng(0).integers(3, model.n_vocab(), steps + 1).tolist()
+        model.eval(ids[:1])
+        t0 = time.perf_counter()
+        for i in ids[1:]:
+            model.eval([i])
+        row = {"name": f"llama.cpp {name}", "decode_tok_s": steps / (time.perf_counter() - t0), **facts}
+        del model
+        log(f"{row['name']} at this shape: {row['read_bytes'] / 2**20:.0f} MB read per token, "
+            f"{row['decode_tok_s']:.1f} tok/s ({row['tensor_types']})")
+        rows.append(row)
     return rows
 
 
 def measure_llamacpp(lm: LanguageModel, windows: List[List[int]], reference_choices: List[List[int]],
                      llamacpp_src: str, threads: int = 0, log=print) -> list:
     rows = []
-    with tempfile.TemporaryDirectory(prefix="mobilevlm_gguf_") as tmp:
-        f32 = os.path.join(tmp, "model-f32.gguf")
-        convert(lm, llamacpp_src, f32)
-        for name, ftype in FORMATS:
-            path = os.path.join(tmp, f"model-{name}.gguf")
-            quantize(f32, path, ftype, threads)
-            row = {"name": f"llama.cpp {name}", "precision": name, "config": {}, "default": False,
-                   **score(path, lm, windows, reference_choices, threads), "bytes": os.path.getsize(path),
-                   "read_bytes": weights_read_per_token(path), "tensor_types": tensor_types(path)}
-            log(f"{row['name']}: ppl {row['ppl']:.3f}, agreement {row['agreement']:.3f}, "
-                f"{row['read_bytes'] / 2**20:.0f} MB read per token ({row['tensor_types']}), "
-                f"{row['decode_tok_s']:.0f} tok/s")
-            rows.append(row)
+    for name, path, facts in quantized(lm, llamacpp_src, threads):
+        row = {"name": f"llama.cpp {name}", "precision": name, "config": {}, "default": False,
+               **score(path, lm, windows, reference_choices, threads), **facts}
+        log(f"{row['name']}: ppl {row['ppl']:.3f}, agreement {row['agreement']:.3f}, "
+            f"{row['read_bytes'] / 2**20:.0f} MB read per token ({row['tensor_types']}), "
+            f"{row['decode_tok_s']:.0f} tok/s")
+        rows.append(row)
     return rows

@@ -21,7 +21,10 @@ import sys
 
 
 def _mb(e: dict, key: str = "read_bytes") -> str:
-    return f"{e[key] / 2**20:.0f}" if e.get(key) else "-"
+    if not e.get(key):
+        return "-"
+    mb = e[key] / 2**20
+    return f"{mb:.0f}" if mb >= 100 else f"{mb:.2g}" if mb < 1 else f"{mb:.1f}"
 
 
 def _table(report: dict) -> str:
