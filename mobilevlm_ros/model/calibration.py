@@ -7,8 +7,8 @@ and text:
   image folder  every JPEG/PNG in it, with the caption prompt
   text file     windows of its tokens
   default       demo scenes with their caption and grounding questions and true answers, plus the
-                package's own documentation (its docstrings: Apache-2.0 like the package, and no
-                evaluation corpus)
+                package's calibration prose (model/data/calibration_prose.txt: written for it,
+                Apache-2.0 like the package, and no evaluation corpus)
 Frames become decoder inputs as the runtime builds them: the checkpoint's own vision tower and
 projector give the image embeddings, placed where <image> stands in the chat prompt, followed by
 the answer (the true one, or else the fp32 model's own greedy answer). Text becomes token windows.
@@ -16,7 +16,6 @@ the answer (the true one, or else the fp32 model's own greedy answer). Text beco
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import os
 import re
@@ -72,24 +71,18 @@ class Calibration:
 
 # -- sources ----------------------------------------------------------------------------------------
 
-def package_text() -> str:
-    """Every docstring of this package, in file order: the default calibration text."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parts = []
-    for folder, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for name in sorted(f for f in files if f.endswith(".py")):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                tree = ast.parse(f.read())
-            nodes = [tree] + [n for n in ast.walk(tree)
-                              if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
-            parts.extend(d for d in map(ast.get_docstring, nodes) if d)
-    return "\n\n".join(parts)
+def prose_text() -> str:
+    """The package's calibration prose: scenes described, questions about images answered, how a
+    robot looks and answers, in plain English (written for this package, Apache-2.0 like it)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "calibration_prose.txt"),
+              encoding="utf-8") as f:
+        return f.read()
 
 
 def default_source(scenes: int = 24) -> Source:
     """Demo scenes with the caption and grounding questions and their true answers, and the
-    package's documentation."""
+    package's calibration prose. Not the package's docstrings: GPTQ calibrated on such technical text
+    scored worse than plain rounding on prose (BENCHMARKS.md, 2026-12-04)."""
     from ..demo.scenes import qa_pairs, sample_scene
 
     frames = []
@@ -97,8 +90,8 @@ def default_source(scenes: int = 24) -> Source:
         scene = sample_scene(10_000 + seed)  # not the demo model's evaluation seeds
         frames.append(Frame(scene.image, [(q, a) for kind, q, a in qa_pairs(scene, seed)
                                           if kind in ("caption", "ground")]))
-    return Source("default (demo scenes + package docstrings)" if frames else "default (package docstrings)",
-                  frames, package_text())
+    return Source("default (demo scenes + calibration prose)" if frames else "default (calibration prose)",
+                  frames, prose_text())
 
 
 def text_source(path: str) -> Source:
