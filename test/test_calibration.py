@@ -105,9 +105,15 @@ def test_default_calibration_set_is_recorded(checkpoints, tmp_path):
     engine = _export(checkpoints("tiny"), tmp_path / "e", "int4 GPTQ block 32")
     with open(os.path.join(engine, "manifest.json")) as f:
         record = json.load(f)["calibration"]
+    from mobilevlm_ros.runtime.tokenizer import Tokenizer
+
     source = cal.default_source()
     assert record["name"] == source.name and record["sha256"] == source.sha256
-    assert record["image_samples"] == cal.DEFAULT_SAMPLES // 2 and record["samples"] == cal.DEFAULT_SAMPLES
+    tokenizer = Tokenizer(os.path.join(checkpoints("tiny"), "tokenizer.model"))
+    windows = cal.text_windows(tokenizer.encode(source.text, add_bos=False), tokenizer.bos_id,
+                               cal.DEFAULT_SAMPLES // 2, cal.DEFAULT_SEQ_LEN)
+    assert record["image_samples"] == cal.DEFAULT_SAMPLES // 2 and len(windows) > 4
+    assert record["samples"] == cal.DEFAULT_SAMPLES // 2 + len(windows)
     assert all({q for q, _ in f.questions} >= {"Describe the image briefly."} for f in source.frames)
     assert any(q.startswith("Please provide the bounding box") for f in source.frames for q, _ in f.questions)
 
