@@ -293,8 +293,9 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     if block_size:
         quant["block_size"] = block_size
     calibration = None
-    with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as llama:
+    with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
         write_tokenizer = sentencepiece_tokenizer_writer(tokenizer_src)
+        llama = tmp  # the Llama folder the builder reads
         if precision in ("int4", "int8") and is_calibrated(quant):
             from ..runtime.tokenizer import Tokenizer
             from .calibration import default_source, vlm_calibration
@@ -303,10 +304,10 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
             calibration = vlm_calibration(model, Tokenizer(tokenizer_src), source)
             log(f"calibration set {source.name}: {calibration.record['samples']} samples, "
                 f"{calibration.record['tokens']} tokens ({time.time() - t0:.1f}s)")
-            fp32 = os.path.join(llama, "fp32")
+            fp32 = os.path.join(tmp, "fp32")
             os.makedirs(fp32)
             write_llama_folder(model.llm, fp32, torch.float32, write_tokenizer)
-            llama = gptq_llama_folder(fp32, os.path.join(llama, "gptq"), write_tokenizer, precision, quant,
+            llama = gptq_llama_folder(fp32, os.path.join(tmp, "gptq"), write_tokenizer, precision, quant,
                                       calibration.samples)
         else:
             write_llama_folder(model.llm, llama, weights_dtype(precision), write_tokenizer)
