@@ -30,7 +30,7 @@ from ..runtime.image import load_image, preprocess
 from ..runtime.prompt import DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-# Enough for GPTQ's Hessians at a fraction of the export's time (MEASURED in BENCHMARKS.md).
+# Half frames, half text: GPTQ of V2-1.7B on 64 samples took 26 minutes on 2 cores (BENCHMARKS.md).
 DEFAULT_SAMPLES = 64
 DEFAULT_SEQ_LEN = 256
 ANSWER_TOKENS = 24  # the fp32 model's answer to a frame without one, as the robot would generate it
@@ -206,7 +206,7 @@ def vlm_calibration(model, tokenizer, source: Source, count: int = DEFAULT_SAMPL
         key = id(frame)
         if key not in pixels_of:  # one vision pass per frame, however many questions
             pixels = torch.from_numpy(preprocess(frame.rgb, image_size=cfg.vision["image_size"]))
-            pixels_of = {key: (pixels, model.vision(pixels))}
+            pixels_of = {key: (pixels, model.vision(pixels))}  # the last frame only: picks come in order
         pixels, image_embeds = pixels_of[key]
         ids = tokenize_prompt(tokenizer, build_prompt(question))
         if answer is None:
