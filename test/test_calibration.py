@@ -158,19 +158,24 @@ def test_overlapping_calibration_text_is_refused(tmp_path):
 
 
 def test_gptq_agrees_with_fp32_at_least_as_well_as_rounding(checkpoints):
-    """Teacher-forced on the same windows: GPTQ's int4 block 32 against plain rounding's."""
+    """Teacher-forced on the same windows: GPTQ's int4 block 32 against plain rounding's. GPTQ is
+    calibrated on the second half of the text and scored on the first: what it promises is less
+    output error on inputs like its calibration set (BENCHMARKS.md measures it across domains, where
+    it can lose)."""
     lm = load_language_model(checkpoints("tiny"))
-    calibration = cal.text_calibration(lm.encode, lm.bos_id, cal.default_source(scenes=0), count=8,
-                                       seq_len=64)
-    configs = [c for c in CONFIGS if c.name in ("int4 block 32", "int4 GPTQ block 32")]
     with open(CORPUS) as f:
-        report = measure(lm, f.read(), tokens=256, window=64, configs=configs, threads=1, log=None,
-                         calibration=calibration)
+        text = f.read()
+    half = len(text) // 2
+    source = cal.Source("GPL-3, second half", text=text[half:])
+    calibration = cal.text_calibration(lm.encode, lm.bos_id, source, count=32, seq_len=64)
+    configs = [c for c in CONFIGS if c.name in ("int4 block 32", "int4 GPTQ block 32")]
+    report = measure(lm, text[:half], tokens=256, window=64, configs=configs, threads=1, log=None,
+                     calibration=calibration)
     rtn, gptq = report["engines"]
     assert rtn["name"] == "int4 block 32" and "error" not in gptq, gptq.get("error")
     assert gptq["read_bytes"] == rtn["read_bytes"]  # the same layout: bits, block, no zero points
     assert gptq["agreement"] >= rtn["agreement"]
-    assert gptq["calibration"]["samples"] == 8
+    assert gptq["calibration"]["samples"] == 32
 
 
 def test_text_windows_and_sources(tmp_path):
