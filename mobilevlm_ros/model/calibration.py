@@ -3,7 +3,7 @@
 A source is camera frames (each with the questions asked about it, and their answers where known)
 and text:
   rosbag        its camera frames, with the node's caption prompt and the questions the bag carries
-                (the ROS layer reads it: mobilevlm_ros.ros.bags.calibration_frames)
+                (the ROS layer reads it: mobilevlm_ros.ros.player.calibration_frames)
   image folder  every JPEG/PNG in it, with the caption prompt
   text file     windows of its tokens
   default       demo scenes with their caption and grounding questions and true answers, plus the
@@ -175,10 +175,15 @@ def _embeds_sample(embeds: torch.Tensor) -> Dict[str, torch.Tensor]:
             "attention_mask": torch.ones(embeds.shape[:2], dtype=torch.long)}
 
 
-def _record(source: Source, samples: List[Dict[str, torch.Tensor]], frames: int) -> Dict[str, object]:
+def _calibration(source: Source, samples: List[Dict[str, torch.Tensor]], image_samples: int,
+                 seq_len: int) -> Calibration:
+    """The samples with the manifest's record of them; none is an error."""
+    if not samples:
+        raise CheckpointError(f"calibration source {source.name}: too short to give one sample of "
+                              f"{seq_len} tokens")
     tokens = sum(int(s["attention_mask"].sum()) for s in samples)
-    return {"name": source.name, "sha256": source.sha256, "samples": len(samples), "tokens": tokens,
-            "image_samples": frames}
+    return Calibration(samples, {"name": source.name, "sha256": source.sha256, "samples": len(samples),
+                                 "tokens": tokens, "image_samples": image_samples})
 
 
 def _split(source: Source, n_questions: int, count: int) -> Tuple[int, int]:
@@ -191,7 +196,7 @@ def _split(source: Source, n_questions: int, count: int) -> Tuple[int, int]:
 
 @torch.no_grad()
 def vlm_calibration(model, tokenizer, source: Source, count: int = DEFAULT_SAMPLES,
-                    seq_len: int = DEFAULT_SEQ_LEN, progress: Callable = None) -> Calibration:
+                    seq_len: int = DEFAULT_SEQ_LEN, progress: bool = True) -> Calibration:
     """Samples for a MobileVLM checkpoint's decoder: (model: model.reference.MobileVLM, tokenizer:
     runtime.tokenizer.Tokenizer). Frames go through the checkpoint's vision tower and projector."""
     from tqdm.auto import tqdm
@@ -201,13 +206,12 @@ def vlm_calibration(model, tokenizer, source: Source, count: int = DEFAULT_SAMPL
     n_images, n_text = _split(source, len(questions), count)
     # Spread the picks over the whole source (a bag's first seconds are not its robot's day).
     picks = [questions[int(i)] for i in np.linspace(0, len(questions) - 1, n_images)] if n_images else []
-    samples, pixels_of = [], {}
-    for frame, question, answer in tqdm(picks, desc="calibration frames", disable=progress is False):
-        key = id(frame)
-        if key not in pixels_of:  # one vision pass per frame, however many questions
+    samples, seen = [], None
+    for frame, question, answer in tqdm(picks, desc="calibration frames", disable=not progress):
+        if frame is not seen:  # one vision pass per frame, however many questions (picks come in order)
+            seen = frame
             pixels = torch.from_numpy(preprocess(frame.rgb, image_size=cfg.vision["image_size"]))
-            pixels_of = {key: (pixels, model.vision(pixels))}  # the last frame only: picks come in order
-        pixels, image_embeds = pixels_of[key]
+            image_embeds = model.vision(pixels)
         ids = tokenize_prompt(tokenizer, build_prompt(question))
         if answer is None:
             answer_ids = model.generate(pixels, ids, max_new_tokens=ANSWER_TOKENS)
@@ -216,10 +220,7 @@ def vlm_calibration(model, tokenizer, source: Source, count: int = DEFAULT_SAMPL
         samples.append(_embeds_sample(model.embed(ids + answer_ids, image_embeds)))
     for w in text_windows(tokenizer.encode(source.text, add_bos=False), tokenizer.bos_id, n_text, seq_len):
         samples.append(_ids_sample(w))
-    if not samples:
-        raise CheckpointError(f"calibration source {source.name}: too short to give one sample of "
-                              f"{seq_len} tokens")
-    return Calibration(samples, _record(source, samples, n_images))
+    return _calibration(source, samples, n_images, seq_len)
 
 
 def text_calibration(encode: Callable[[str], List[int]], bos_id: Optional[int], source: Source,
@@ -229,7 +230,4 @@ def text_calibration(encode: Callable[[str], List[int]], bos_id: Optional[int], 
         raise CheckpointError(f"calibration source {source.name}: images need a MobileVLM checkpoint's "
                               "vision tower; give a text file for a plain language model")
     samples = [_ids_sample(w) for w in text_windows(encode(source.text), bos_id, count, seq_len)]
-    if not samples:
-        raise CheckpointError(f"calibration source {source.name}: too short to give one sample of "
-                              f"{seq_len} tokens")
-    return Calibration(samples, _record(source, samples, 0))
+    return _calibration(source, samples, 0, seq_len)
