@@ -227,7 +227,7 @@ def test_cancel_stops_within_a_token_and_busy_refusal(harness, engine):
     # Slow the worker's decoder down so a long answer is surely running while we test.
     decoder = h.node.vlm.decoder
     original = decoder.run
-    decoder.run = lambda e: (time.sleep(0.02), original(e))[1]
+    decoder.run = lambda e, *row: (time.sleep(0.02), original(e, *row))[1]
     handle, feedback = _send_goal(h, question="Tell a long story.", max_new_tokens=300, temperature=1.0)
     wait_for(lambda: feedback, what="first feedback")
 
@@ -291,7 +291,7 @@ def test_fast_camera_drops_frames_without_growing_memory_or_latency(harness):
     h = harness(caption_rate_hz=30.0, max_new_tokens=4, change_threshold=0.0).start()
     decoder = h.node.vlm.decoder
     original = decoder.run
-    decoder.run = lambda e: (time.sleep(0.01), original(e))[1]  # inference clearly slower than the camera
+    decoder.run = lambda e, *row: (time.sleep(0.01), original(e, *row))[1]  # inference clearly slower than the camera
     big = frame(9, w=320, h=240)
     msgs = [image_msg(big, stamp_s=i) for i in range(400)]
     h.publish("front", msgs[0])
@@ -375,7 +375,7 @@ def test_deactivating_during_a_goal_aborts_it_with_the_reason(harness, capfd):
     decoder = h.node.vlm.decoder
     original = decoder.run
     # a long answer surely runs while we deactivate
-    decoder.run = lambda e: (time.sleep(0.02), original(e))[1]
+    decoder.run = lambda e, *row: (time.sleep(0.02), original(e, *row))[1]
     handle, feedback = _send_goal(h, question="Tell a long story.", max_new_tokens=300, temperature=1.0,
                                   image=image_msg(frame(13), stamp_s=8))
     wait_for(lambda: feedback, what="first feedback")
@@ -432,8 +432,8 @@ def test_an_empty_answer_is_reported_with_its_finish_reason(harness):
     decoder, eos = h.node.vlm.decoder, h.node.vlm.tokenizer.eos_id
     original = decoder.run
 
-    def eos_first(embeds):  # the real decoder runs; its answer is made to be EOS at once
-        logits = original(embeds)
+    def eos_first(embeds, *row):  # the real decoder runs; its answer is made to be EOS at once
+        logits = original(embeds, *row)
         logits[eos] = logits.max() + 1.0
         return logits
 

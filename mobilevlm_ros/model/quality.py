@@ -71,6 +71,7 @@ SENSITIVE_DOWN_INT8 = "last_matmul:int8,mixed_down:int8"
 CONFIGS = (
     Config("fp32", "fp32"),
     Config("int8 block 128", "int8", {"block_size": 128}),
+    Config("int8 block 64", "int8", {"block_size": 64}),  # Q8_0's bytes: 8 + 32/64 bits per weight
     Config("int8 block 32", "int8", {"block_size": 32}),
     Config("int8 block 32, accuracy level 1", "int8", {"block_size": 32, "accuracy_level": 1}),
     Config("int8 block 32 asymmetric", "int8", {"block_size": 32, "is_symmetric": False}),

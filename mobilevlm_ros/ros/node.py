@@ -183,7 +183,7 @@ class VLMNode(LifecycleNode):
         engine = self._p("engine_dir") or share_path("engines/demo")
         try:
             self.vlm = VLM(engine, backend=self._p("backend"), threads=self._p("threads"),
-                           max_length=self._p("max_context"))
+                           max_length=self._p("max_context"), max_batch=self._p("max_batch"))
         except Exception as e:  # VLMError names the file and the fix; anything else is still one line
             reason = str(e) if isinstance(e, VLMError) else f"{engine}: {type(e).__name__}: {e}"
             self.get_logger().error(f"cannot load the engine: {reason}")

@@ -72,6 +72,8 @@ PARAMS = (
           check=_one_of(*BACKENDS)),
     Param("threads", 0, "onnxruntime intra-op threads; 0: every core this process may use", (0, 256)),
     Param("max_context", 1024, "KV-cache positions to reserve (prompt + image + answer)", (256, 8192)),
+    Param("max_batch", 4, "answers decoded together (captions of several cameras, questions): each "
+                          "holds a KV-cache row of max_context positions; 1: one at a time", (1, 16)),
     Param("cameras", ["camera"], "camera names; camera N subscribes to N/image_raw (raw) or "
                                  "N/image_raw/compressed (compressed); remap those topics in the launch file",
           check=_camera_names),

@@ -1,11 +1,16 @@
 """The inference worker: one thread owns the VLM; the ROS callbacks only hand it work.
 
+- Batched: up to the VLM's `max_batch` answers (captions due on several cameras, queued questions)
+  decode together, one decoder call per token for all (runtime/batch.py). A new one joins as soon
+  as a row is free, without waiting for the others; each keeps its own feedback, cancel and timings.
+  A camera's image prefix stays in a cache row while other cameras are answered (VLM.row_for).
+
 - Latest-frame semantics: each camera keeps one frame; a frame replaced before inference used
   it is dropped and counted. Nothing queues frames. A frame is converted to RGB when inference
   first uses it, on this thread: a dropped frame is never decoded.
 - Questions (service and action) wait in a bounded queue; one past its size is refused as busy.
-- Captions: each camera is captioned at most every 1/rate seconds, on its newest frame, when no
-  question is waiting (questions come first: a person is waiting for them).
+- Captions: each camera is captioned at most every 1/rate seconds, on its newest frame, one at a
+  time per camera; waiting questions take free rows first (a person is waiting for them).
 - Unchanged frames (runtime/change.py, `change_threshold` > 0): a frame that shows the same scene as
   the one the camera's last caption was computed from gets that caption again (`reused`), without
   vision or prefill; a question about it is asked about that same frame, so the VLM's cached image
@@ -19,7 +24,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
@@ -64,7 +69,19 @@ class Job:
     answer: Optional[Answer] = None
     error: str = ""
     stopped: str = ""  # why the worker stopped it (e.g. "node deactivated"); "" when it was not
-    queued_s: float = 0.0
+    queued_s: float = 0.0  # time.monotonic() when it was queued
+    waited_s: float = 0.0  # how long it waited for a free row
+
+
+@dataclass
+class _Caption:
+    """A caption in the batch: what publishing it needs."""
+
+    camera: str
+    frame: Frame
+    rgb: np.ndarray
+    means: np.ndarray  # the frame's cell means (unchanged-scene check)
+    key: tuple  # (caption prompt, generation params)
 
 
 @dataclass
@@ -123,7 +140,9 @@ class Worker:
         self._busy_refusals = 0
         self._answers = 0
         self._last_timings: Optional[Timings] = None
-        self.current: Optional[Job] = None
+        self._asking: List[Job] = []  # questions being answered (in the batch)
+        self._captioning: set = set()  # cameras whose caption is in the batch
+        self._stopping = threading.Event()  # cancels the captions in the batch when the worker stops
 
     # -- called from ROS callbacks ---------------------------------------------------------------
     def add_camera(self, name: str) -> None:
@@ -153,7 +172,7 @@ class Worker:
     def submit(self, job: Job) -> bool:
         """Queue a question; False (and nothing queued) when `max_queue` questions already wait."""
         with self._cv:
-            waiting = len(self._asks) + (self.current is not None)  # the one being answered waits for none
+            waiting = len(self._asks) + bool(self._asking)  # those being answered wait for none
             if waiting > self.max_queue:
                 self._busy_refusals += 1
                 return False
@@ -170,6 +189,7 @@ class Worker:
     def start(self) -> None:
         if self._thread is None:
             self._running = True
+            self._stopping.clear()
             self._thread = threading.Thread(target=self._loop, name="mobilevlm-inference", daemon=True)
             self._thread.start()
 
@@ -181,46 +201,90 @@ class Worker:
                 job.stopped = job.error = reason
                 job.done.set()
             self._asks.clear()
-            if self.current is not None:
-                self.current.stopped = reason
-                self.current.cancel.set()
+            for job in self._asking:
+                job.stopped = reason
+                job.cancel.set()
+            self._stopping.set()
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def _next(self):
-        """The next piece of work: ("ask", job) | ("caption", camera, frame) | None after waiting."""
+    def _next(self, wait: bool):
+        """The next piece of work to start: ("ask", job) | ("caption", camera, frame); None when
+        there is none now (`wait`: after waiting for some) or the worker is stopping."""
         with self._cv:
             while self._running:
                 if self._asks:
-                    self.current = self._asks.popleft()
-                    return ("ask", self.current)
-                wait = 0.5
+                    job = self._asks.popleft()
+                    self._asking.append(job)
+                    return ("ask", job)
+                pause = 0.5
                 if self.caption_rate_hz > 0:
                     now, period = time.monotonic(), 1.0 / self.caption_rate_hz
                     for cam, fresh in self._fresh.items():
-                        if not fresh:
+                        if not fresh or cam in self._captioning:
                             continue
                         due = self.stats[cam].last_caption_at + period
                         if due <= now:
                             self._fresh[cam] = False
                             self.stats[cam].last_caption_at = now
+                            self._captioning.add(cam)
                             return ("caption", cam, self._frames[cam])
-                        wait = min(wait, due - now)
-                self._cv.wait(timeout=max(wait, 0.001))
+                        pause = min(pause, due - now)
+                if not wait:
+                    return None
+                self._cv.wait(timeout=max(pause, 0.001))
             return None
 
     def _loop(self) -> None:
-        while True:
-            work = self._next()
-            if work is None:
-                return
-            if work[0] == "ask":
-                self._answer(work[1])
-            else:
-                self._caption(work[1], work[2])
-            work = None  # a finished question's frame (a request image: megabytes) is not kept while idle
+        batch = self.vlm.batch()
+        while self._running or batch.sequences:
+            # Join what is due while rows are free; wait for work only when nothing decodes.
+            while batch.free > 0:
+                work = self._next(wait=not batch.sequences)
+                if work is None:
+                    break
+                if work[0] == "ask":
+                    self._start_answer(batch, work[1])
+                else:
+                    self._start_caption(batch, work[1], work[2])
+                work = None  # a finished question's frame (a request image: megabytes) is not kept while idle
+            if batch.sequences:
+                self._step(batch)
+
+    def _step(self, batch) -> None:
+        """One token for every sequence; those that ended are published."""
+        try:
+            ended = batch.step()
+        except Exception as e:  # an engine failure: every sequence of the step fails, the worker goes on
+            ended, error = batch.sequences, f"inference failed: {type(e).__name__}: {e}"
+            batch.sequences = []
+            self.log_error(error)
+            for seq in ended:
+                self._finish(seq.tag, None, error)
+            return
+        for seq in ended:
+            self._finish(seq.tag, seq.answer, "")
+
+    def _finish(self, work, answer: Optional[Answer], error: str) -> None:
+        """A sequence left the batch: publish its caption or complete its question."""
+        if isinstance(work, Job):
+            self._complete(work, answer, error)
+            return
+        if error:
+            self.log_error(f"caption of camera '{work.camera}' failed: {error}")
+        with self._cv:
+            self._captioning.discard(work.camera)
+        if answer is None or answer.finish_reason == "cancelled":  # failed, or the worker stopped
+            return
+        camera, frame = work.camera, work.frame
+        answer.timings.queue_s = time.monotonic() - frame.received - answer.timings.total_s
+        self._scenes[camera] = _Scene(work.means, work.rgb, answer, work.key)
+        with self._cv:
+            self.stats[camera].captions += 1
+            self._last_timings = answer.timings
+        self.on_caption(camera, frame, answer)
 
     def _same_scene(self, camera: str, rgb: np.ndarray) -> "tuple[Optional[_Scene], np.ndarray]":
         """(the camera's last scene if `rgb` still shows it, else None; rgb's cell means)."""
@@ -231,12 +295,14 @@ class Worker:
             return None, means
         return last, means
 
-    def _caption(self, camera: str, frame: Frame) -> None:
+    def _start_caption(self, batch, camera: str, frame: Frame) -> None:
+        """Caption `frame`: re-published at once for an unchanged scene, else joins the batch."""
         try:
             rgb = frame.rgb
         except ImageError as e:
             with self._cv:
                 self.stats[camera].refused += 1
+                self._captioning.discard(camera)
             self.log_refused(f"camera '{camera}': frame refused: {e}")
             return
         key = (self.caption_prompt, self.caption_params)
@@ -244,19 +310,16 @@ class Worker:
         if last is not None and last.caption is not None and last.caption_key == key:
             with self._cv:
                 self.stats[camera].reused += 1
+                self._captioning.discard(camera)
             self.on_caption(camera, frame, replace(last.caption, timings=Timings(), reused=True))
             return
         try:
-            answer = self.vlm.describe(rgb, self.caption_prompt, self.caption_params)
+            batch.add(rgb, self.caption_prompt, self.caption_params, cancel=self._stopping,
+                      tag=_Caption(camera, frame, rgb, means, key))
         except Exception as e:  # an engine failure: log, keep captioning the next frames
+            with self._cv:
+                self._captioning.discard(camera)
             self.log_error(f"caption of camera '{camera}' failed: {e}")
-            return
-        answer.timings.queue_s = time.monotonic() - frame.received - answer.timings.total_s
-        self._scenes[camera] = _Scene(means, rgb, answer, key)
-        with self._cv:
-            self.stats[camera].captions += 1
-            self._last_timings = answer.timings
-        self.on_caption(camera, frame, answer)
 
     def _question_image(self, job: Job) -> np.ndarray:
         """The pixels to ask about: for a camera's frame that shows the scene inference last saw,
@@ -270,7 +333,8 @@ class Worker:
         self._scenes[job.camera] = _Scene(means, rgb)
         return rgb
 
-    def _answer(self, job: Job) -> None:
+    def _start_answer(self, batch, job: Job) -> None:
+        """A question joins the batch; one that cannot start (cancelled, bad input) fails alone."""
         shown = ""
 
         def on_text(text: str, tokens: int) -> None:
@@ -282,24 +346,28 @@ class Worker:
         try:
             if job.cancel.is_set():  # cancelled while it waited
                 raise VLMError("cancelled before it started")
-            queue_s = time.monotonic() - job.queued_s
-            rgb = self._question_image(job)
-            job.answer = self.vlm.describe(rgb, job.question, job.params, cancel=job.cancel,
-                                           on_text=on_text if job.on_text is not None else None)
-            job.answer.timings.queue_s = queue_s
-            with self._cv:
-                self._answers += 1
-                self._last_timings = job.answer.timings
+            job.waited_s = time.monotonic() - job.queued_s
+            batch.add(self._question_image(job), job.question, job.params, cancel=job.cancel,
+                      on_text=on_text if job.on_text is not None else None, tag=job)
         except (VLMError, ValueError) as e:
-            job.error = str(e)
+            self._complete(job, None, str(e))
         except Exception as e:  # an engine failure must not kill the worker thread
-            job.error = f"inference failed: {type(e).__name__}: {e}"
-            self.log_error(job.error)
-        finally:
-            with self._cv:
-                self.current = None
-            job.done.set()
-        if self.on_answer is not None and job.answer is not None:
+            error = f"inference failed: {type(e).__name__}: {e}"
+            self.log_error(error)
+            self._complete(job, None, error)
+
+    def _complete(self, job: Job, answer: Optional[Answer], error: str) -> None:
+        job.answer, job.error = answer, error
+        if answer is not None:
+            answer.timings.queue_s = job.waited_s
+        with self._cv:
+            if job in self._asking:
+                self._asking.remove(job)
+            if answer is not None:
+                self._answers += 1
+                self._last_timings = answer.timings
+        job.done.set()
+        if self.on_answer is not None and answer is not None:
             self.on_answer(job)
 
     def snapshot(self) -> Snapshot:

@@ -4,11 +4,15 @@ The decoder keeps past and present KV in one preallocated buffer per layer: Grou
 writes the new positions in place when its `past` input and `present` output are the same
 memory, so a decode step copies no cache and allocates nothing. Rewinding to a prefix (the
 image part of the prompt, to ask a second question about the same frame) is setting a length.
+
+The buffer has `rows` rows, one sequence each (several cameras): a sequence is prefilled alone
+into its row, then decodes together with the other rows, one decoder call per token for all
+(decode is memory-bound: the weights are read once for every row).
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -58,7 +62,8 @@ class DecoderEngine:
     """A LLaMA decoder fed `inputs_embeds`, with an in-place KV cache of `max_length` positions."""
 
     def __init__(self, manifest: Manifest, providers: List, threads: int = 0, max_length: int = 0,
-                 profile_prefix: str = ""):
+                 profile_prefix: str = "", rows: int = 1):
+        """rows: sequences the cache holds at once (each decodes alone or batched with the others)."""
         m, io = manifest.model, manifest.data["decoder_io"]
         self.file = manifest.files["decoder"]["path"]
         if m["head_dim"] % HEAD_DIM_MULTIPLE:
@@ -94,9 +99,11 @@ class DecoderEngine:
         logits_dtype = self._dtype(outputs[io["logits"]])
 
         on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
-        shape = (1, m["num_kv_heads"], self.max_length, m["head_dim"])
+        self.rows = rows
+        shape = (rows, m["num_kv_heads"], self.max_length, m["head_dim"])
         self.kv_bytes_per_position = (2 * layers * m["num_kv_heads"] * m["head_dim"]
                                       * np.dtype(kv_dtype).itemsize)
+        self._device = "cuda" if on_gpu else "cpu"
         if on_gpu:
             self.kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, "cuda", 0)
                        for _ in range(2 * layers)]
@@ -104,41 +111,95 @@ class DecoderEngine:
             # np.zeros maps pages lazily: only positions actually written count towards memory.
             self._kv_host = [np.zeros(shape, kv_dtype) for _ in range(2 * layers)]
             self.kv = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv_host]
-        self.embeds = np.zeros((self.max_length, self.hidden), self.embed_dtype)
-        self.mask = np.ones((1, self.max_length), np.int64)
-        self.logits = np.zeros((1, 1, self.vocab), logits_dtype)
-        self.binding = self.session.io_binding()
-        for (pk, pv), (ok, ov), i in zip(self.past, self.present, range(0, 2 * layers, 2)):
-            self.binding.bind_ortvalue_input(pk, self.kv[i])
-            self.binding.bind_ortvalue_input(pv, self.kv[i + 1])
-            self.binding.bind_ortvalue_output(ok, self.kv[i])
-            self.binding.bind_ortvalue_output(ov, self.kv[i + 1])
-        self.binding.bind_output(io["logits"], "cpu", 0, logits_dtype, list(self.logits.shape),
-                                 self.logits.ctypes.data)
-        self.length = 0  # positions filled in the cache
+        self._kv_dtype, self._logits_dtype = kv_dtype, logits_dtype
+        self._row_bytes = int(np.prod(shape[1:])) * np.dtype(kv_dtype).itemsize
+        self.embeds = np.zeros((max(self.max_length, rows), self.hidden), self.embed_dtype)
+        self._ones = np.ones((1, self.max_length), np.int64)  # a single row's mask: all its positions
+        self._step_mask = np.zeros(rows * self.max_length, np.int64)  # a batched step's [B, T] mask
+        self.logits = np.zeros((rows, 1, self.vocab), logits_dtype)
+        # Bound once: one binding per row (prefill, and decode of that row alone) and one per batch
+        # size B (rows 0..B-1 decode together). Each points into the same cache buffers.
+        self._row_bindings = [self._bind(row, 1) for row in range(rows)]
+        self._batch_bindings = {b: self._bind(0, b) for b in range(2, rows + 1)}
+        self.lengths = [0] * rows  # positions filled in each row's cache
+
+    def _bind(self, first_row: int, batch: int) -> ort.IOBinding:
+        """An IOBinding over cache rows first_row..first_row+batch-1 and their logits."""
+        binding = self.session.io_binding()
+        shape = [batch] + list(self.kv[0].shape()[1:])
+        offset = first_row * self._row_bytes
+        for names, i in zip(zip(self.past, self.present), range(0, len(self.kv), 2)):
+            for (past, present), value in zip(zip(*names), self.kv[i:i + 2]):
+                ptr = value.data_ptr() + offset
+                binding.bind_input(past, self._device, 0, self._kv_dtype, shape, ptr)
+                binding.bind_output(present, self._device, 0, self._kv_dtype, shape, ptr)
+        binding.bind_output(self.names["logits"], "cpu", 0, self._logits_dtype, [batch, 1, self.vocab],
+                            self.logits[first_row:].ctypes.data)
+        if batch > 1:  # a step's inputs_embeds: one token per row, always the same place and shape
+            binding.bind_input(self.names["inputs_embeds"], "cpu", 0, self.embed_dtype, [batch, 1, self.hidden],
+                               self.embeds.ctypes.data)
+        return binding
+
+    @property
+    def length(self) -> int:
+        """Positions filled in row 0 (the row a single sequence uses)."""
+        return self.lengths[0]
 
     def _dtype(self, arg) -> type:
         if arg.type not in _NP_TYPES:
             raise EngineError(f"engine file {self.file}: {arg.name} is {arg.type}; expected float or float16")
         return _NP_TYPES[arg.type]
 
-    def rewind(self, length: int) -> None:
-        """Forget every position from `length` on (their slots are overwritten by the next run)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot rewind to {length}, cache holds {self.length}")
-        self.length = length
+    def rewind(self, length: int, row: int = 0) -> None:
+        """Forget every position of `row` from `length` on (their slots are overwritten by the next run)."""
+        if not 0 <= length <= self.lengths[row]:
+            raise ValueError(f"cannot rewind to {length}, cache row {row} holds {self.lengths[row]}")
+        self.lengths[row] = length
 
-    def run(self, embeds: np.ndarray) -> np.ndarray:
-        """Append `embeds` (n, H) after the cached positions; returns the last position's logits (vocab,)."""
+    def run(self, embeds: np.ndarray, row: int = 0) -> np.ndarray:
+        """Append `embeds` (n, H) after `row`'s cached positions, that row alone (a prefill, or one
+        sequence's decode step); returns the last position's logits (vocab,)."""
         n = embeds.shape[0]
-        total = self.length + n
+        total = self.lengths[row] + n
         if total > self.max_length:
             raise PromptError(f"context full: {total} positions needed, the engine holds {self.max_length}")
         self.embeds[:n] = embeds
-        io = self.binding
+        io = self._row_bindings[row]
         io.bind_input(self.names["inputs_embeds"], "cpu", 0, self.embed_dtype, [1, n, self.hidden],
                       self.embeds.ctypes.data)
-        io.bind_input(self.names["attention_mask"], "cpu", 0, np.int64, [1, total], self.mask.ctypes.data)
+        io.bind_input(self.names["attention_mask"], "cpu", 0, np.int64, [1, total], self._ones.ctypes.data)
         run_session(self.session, self.file, lambda: self.session.run_with_iobinding(io))
-        self.length = total
-        return self.logits[0, 0]
+        self.lengths[row] = total
+        return self.logits[row, 0]
+
+    def step(self, rows: Sequence[int], embeds: np.ndarray) -> np.ndarray:
+        """One new position for each of `rows` (embeds (k, H), in that order), all in one decoder
+        call over rows 0..max(rows); returns their logits (k, vocab).
+
+        The graph takes rows 0..B-1 only, so a row in that range with no sequence runs a dummy token
+        (zeros) written just past its cached positions, which it keeps: that costs one row of
+        compute, where moving caches to close the gap would copy them."""
+        if len(rows) == 1:
+            return self.run(embeds, rows[0])[None]
+        batch = max(rows) + 1
+        lengths = np.array(self.lengths[:batch]) + 1  # each row's length with its new position
+        for row in rows:
+            if lengths[row] > self.max_length:
+                raise PromptError(f"context full: {lengths[row]} positions needed, "
+                                  f"the engine holds {self.max_length}")
+        idle = [r for r in range(batch) if r not in rows]
+        for r in idle:
+            if lengths[r] > self.max_length:  # a full idle row: its dummy goes to position 0
+                lengths[r], self.lengths[r] = 1, 0  # and its cached positions are no longer valid
+        self.embeds[:batch] = 0
+        self.embeds[list(rows)] = embeds
+        total = int(lengths.max())
+        # GroupQueryAttention reads each row's length from its mask's sum (right padding).
+        mask = self._step_mask[:batch * total].reshape(batch, total)
+        np.less(np.arange(total)[None, :], lengths[:, None], out=mask, casting="unsafe")
+        io = self._batch_bindings[batch]
+        io.bind_input(self.names["attention_mask"], "cpu", 0, np.int64, [batch, total], mask.ctypes.data)
+        run_session(self.session, self.file, lambda: self.session.run_with_iobinding(io))
+        for row in rows:
+            self.lengths[row] += 1
+        return self.logits[list(rows), 0]

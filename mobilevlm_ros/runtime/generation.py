@@ -7,7 +7,9 @@
         show(generator.text)        # the answer so far, safe to show
     generator.finish_reason, generator.token_ids, generator.text
 
-It stops on EOS, a stop string, max_new_tokens, or a cancel between tokens.
+It stops on EOS, a stop string, max_new_tokens, or a cancel between tokens. Batched decoding
+(batch.py) splits a step in two: `next_token()` chooses the token, one decoder call runs it for
+every sequence of the batch, and `feed()` hands each its logits.
 """
 
 from __future__ import annotations
@@ -93,8 +95,10 @@ class Generator:
 
     def __init__(self, decoder: DecoderEngine, table: np.ndarray, tokenizer: Tokenizer,
                  prefill_logits: np.ndarray, params: GenerationParams,
-                 cancel: Optional[threading.Event] = None, timings: Optional[Timings] = None):
+                 cancel: Optional[threading.Event] = None, timings: Optional[Timings] = None,
+                 row: int = 0):
         self.decoder = decoder
+        self.row = row  # the decoder's cache row this answer lives in
         self.table = table
         self.tokenizer = tokenizer
         self.logits = prefill_logits  # scores of the next token
@@ -113,18 +117,27 @@ class Generator:
     def generate_next_token(self) -> None:
         """Choose the next token from the current logits; unless that ends the answer, run the
         decoder on it for the logits after it."""
+        token = self.next_token()
+        if token is not None:
+            t0 = time.perf_counter()
+            logits = self.decoder.run(self.table[token][None], self.row)
+            self.feed(logits, time.perf_counter() - t0)
+
+    def next_token(self) -> Optional[int]:
+        """Choose the next token from the current logits. Returns it when the decoder must run on
+        it next (then call `feed`), None when the answer has ended (`finish_reason` says why)."""
         if self.is_done():
-            return
+            return None
         p, eos = self.params, self.tokenizer.eos_id
         if self.cancel is not None and self.cancel.is_set():
             self.finish_reason = "cancelled"
-            return
+            return None
         if p.ignore_eos:  # as transformers' min_new_tokens and llama.cpp's ignore_eos: EOS cannot win
             self.logits[eos] = -np.inf
         token = self.sample(self.logits)
         if token == eos and not p.ignore_eos:
             self.finish_reason = "eos"
-            return
+            return None
         self.token_ids.append(token)
         self.timings.new_tokens = len(self.token_ids)
         # All ids decoded each time, not piece by piece: a piece's text depends on its neighbours
@@ -135,14 +148,17 @@ class Generator:
         if cut >= 0:
             self._decoded = text[:cut]
             self.finish_reason = "stop"
-            return
+            return None
         self._decoded = text
         if len(self.token_ids) == p.max_new_tokens:
             self.finish_reason = "length"  # no decoder step for logits nobody reads
-            return
-        t0 = time.perf_counter()
-        self.logits = self.decoder.run(self.table[token][None])
-        self.timings.decode_s += time.perf_counter() - t0
+            return None
+        return token
+
+    def feed(self, logits: np.ndarray, seconds: float) -> None:
+        """The decoder's logits after the token `next_token` returned, and the time that step took."""
+        self.logits = logits
+        self.timings.decode_s += seconds
 
     @property
     def text(self) -> str:

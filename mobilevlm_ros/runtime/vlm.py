@@ -6,7 +6,8 @@
     text -> boxes in source-image pixels (grounding.py)
 
 The vision features and the image part of the prompt are kept for the last image, so a second
-question about the same frame costs only its own tokens (one entry: nothing grows).
+question about the same frame costs only its own tokens (one entry per cache row: nothing grows).
+With `max_batch` > 1 the decoder holds that many sequences, decoded together (batch.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ from .tokenizer import Tokenizer
 from .types import Answer, Timings
 
 
+# Cache rows a VLM may hold; each reserves max_length positions (allocated lazily on the CPU).
+MAX_BATCH = 16
+
+
+@dataclass
+class _Prefix:
+    """What a decoder cache row starts with, reusable by the next request in that row."""
+
+    head: Optional[tuple] = None  # token ids at the row's first positions
+    image: Optional[str] = None  # key of the image that follows them
+    used: int = 0  # when a prefill last used the row
+
+
 @dataclass(frozen=True)
 class EncodedPrompt:
     """A question as token ids, split where the image embeddings go."""
@@ -54,8 +68,12 @@ class VLM:
     """A MobileVLM engine directory, loaded. Not thread-safe: one request at a time."""
 
     def __init__(self, engine_dir: str, backend: str = "auto", threads: int = 0, max_length: int = 0,
-                 verify: bool = True, profile_prefix: str = ""):
-        """profile_prefix: onnxruntime profiles of both engines go to files starting so (benchmarks)."""
+                 verify: bool = True, profile_prefix: str = "", max_batch: int = 1):
+        """max_length: cache positions per sequence; max_batch: sequences decoded together (cache
+        rows, `batch()`); profile_prefix: onnxruntime profiles of both engines go to files starting
+        so (benchmarks)."""
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise ValueError(f"max_batch must be in 1..{MAX_BATCH}, got {max_batch}")
         self.manifest = mf.load(engine_dir, verify=verify)
         m = self.manifest.model
         trt_cache = trt_cache_dir(engine_dir, self.manifest.files["vision"]["sha256"])
@@ -70,7 +88,8 @@ class VLM:
         self.decoder = self._load("decoder",
                                   lambda _: DecoderEngine(self.manifest, without_tensorrt(providers),
                                                           threads, max_length,
-                                                          profile_prefix and profile_prefix + "decoder"))
+                                                          profile_prefix and profile_prefix + "decoder",
+                                                          rows=max_batch))
         # Memory-mapped: only the rows of tokens actually used are ever read. No pickles: it is data.
         self.table = self._load("embeddings", lambda path: np.load(path, mmap_mode="r", allow_pickle=False))
         if (self.table.shape != (m["vocab_size"], m["hidden_size"])
@@ -85,8 +104,9 @@ class VLM:
         # e.g. "cpu", "cuda", "tensorrt+cuda" (TensorRT runs the vision graph, CUDA the decoder)
         self.backend = "+".join(dict.fromkeys(provider_names(engine.session)[0]
                                               for engine in (self.vision, self.decoder)))
-        self._cached_head: Optional[tuple] = None  # token ids at the decoder's first positions
-        self._cached_image: Optional[str] = None  # key of the image that follows them
+        self.max_batch = max_batch
+        self._prefixes = [_Prefix() for _ in range(max_batch)]  # what each cache row starts with
+        self._uses = 0  # counts prefills, to find the row used least recently
 
     def _load(self, role: str, load):
         """load(path of the file of `role`); any failure is one EngineError that names the file."""
@@ -118,17 +138,30 @@ class VLM:
         cut = ids.index(IMAGE_TOKEN_INDEX)
         return EncodedPrompt(question.strip(), tuple(ids[:cut]), tuple(ids[cut + 1:]))
 
-    def prefill(self, rgb: np.ndarray, prompt: EncodedPrompt, timings: Timings) -> np.ndarray:
-        """Run vision and the decoder over [head | image | tail]; the logits of the first new token.
+    def row_for(self, rgb: np.ndarray, free_rows: List[int]) -> int:
+        """Of `free_rows`, the cache row that already holds this frame's image prefix, else the one
+        used least recently (a camera's frame stays cached while other cameras are answered)."""
+        key = self._image_key(rgb)
+        holding = [r for r in free_rows if self._prefixes[r].image == key]
+        return holding[0] if holding else min(free_rows, key=lambda r: self._prefixes[r].used)
 
-        The decoder's cache keeps [head | image] of the last request: the head is the same for every
-        question, the image part for every question about the same frame (one entry: nothing grows).
+    def prefill(self, rgb: np.ndarray, prompt: EncodedPrompt, timings: Timings, row: int = 0) -> np.ndarray:
+        """Run vision and the decoder over [head | image | tail] in cache row `row`; the logits of
+        the first new token.
+
+        The row keeps [head | image] of its last request: the head is the same for every question,
+        the image part for every question about the same frame (one entry per row: nothing grows).
         """
         n_image = self.manifest.model["image_tokens"]
         timings.prompt_tokens = prompt.text_tokens + n_image
         key = self._image_key(rgb)
+        cached = self._prefixes[row]
+        self._uses += 1
+        cached.used = self._uses
+        if self.decoder.lengths[row] < len(cached.head or ()) + (n_image if cached.image else 0):
+            cached.head, cached.image = None, None  # the row was overwritten (decoder.step, a full idle row)
         image_embeds = None
-        if key != self._cached_image or prompt.head != self._cached_head:
+        if key != cached.image or prompt.head != cached.head:
             t0 = time.perf_counter()
             pixels = preprocess(rgb, self.image_size, self.mean, self.std)
             timings.preprocess_s = time.perf_counter() - t0
@@ -136,36 +169,42 @@ class VLM:
             image_embeds = self.vision(pixels)
             timings.vision_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if prompt.head != self._cached_head:
-            self._cached_head = self._cached_image = None  # invalid until the runs below succeed
-            self.decoder.rewind(0)
-            self.decoder.run(self._embed_ids(prompt.head))
-            self._cached_head = prompt.head
+        if prompt.head != cached.head:
+            cached.head = cached.image = None  # invalid until the runs below succeed
+            self.decoder.rewind(0, row)
+            self.decoder.run(self._embed_ids(prompt.head), row)
+            cached.head = prompt.head
             timings.prefill_tokens += len(prompt.head)
         if image_embeds is not None:  # image and question in one run: one pass over the weights
-            self._cached_image = None
-            self.decoder.rewind(len(prompt.head))
-            logits = self.decoder.run(np.concatenate([image_embeds, self._embed_ids(prompt.tail)]))
-            self._cached_image = key
+            cached.image = None
+            self.decoder.rewind(len(prompt.head), row)
+            logits = self.decoder.run(np.concatenate([image_embeds, self._embed_ids(prompt.tail)]), row)
+            cached.image = key
             timings.prefill_tokens += n_image + len(prompt.tail)
         else:
-            self.decoder.rewind(len(prompt.head) + n_image)
-            logits = self.decoder.run(self._embed_ids(prompt.tail))
+            self.decoder.rewind(len(prompt.head) + n_image, row)
+            logits = self.decoder.run(self._embed_ids(prompt.tail), row)
             timings.prefill_tokens += len(prompt.tail)
         timings.prefill_s = time.perf_counter() - t0
         return logits
 
     def generator(self, rgb: np.ndarray, question: Optional[str] = None,
                   params: Optional[GenerationParams] = None,
-                  cancel: Optional[threading.Event] = None) -> Generator:
+                  cancel: Optional[threading.Event] = None, row: int = 0) -> Generator:
         """Prompt encoding and prefill for `question` (None: a caption) about `rgb` (H x W x 3 uint8
-        RGB); the Generator that continues from there. Bad input raises ImageError / PromptError /
-        ValueError."""
+        RGB) in cache row `row`; the Generator that continues from there. Bad input raises
+        ImageError / PromptError / ValueError."""
         params = (params or GenerationParams()).validate()
         prompt = self.encode_prompt(question, params.max_new_tokens)
         timings = Timings()
-        logits = self.prefill(rgb, prompt, timings)
-        return Generator(self.decoder, self.table, self.tokenizer, logits, params, cancel, timings)
+        logits = self.prefill(rgb, prompt, timings, row)
+        return Generator(self.decoder, self.table, self.tokenizer, logits, params, cancel, timings, row)
+
+    def batch(self) -> "Batch":
+        """Up to `max_batch` answers decoded together, joining and leaving at any step (batch.py)."""
+        from .batch import Batch
+
+        return Batch(self)
 
     def describe(self, rgb: np.ndarray, question: Optional[str] = None,
                  params: Optional[GenerationParams] = None, cancel: Optional[threading.Event] = None,
@@ -179,6 +218,11 @@ class VLM:
             generator.generate_next_token()
             if on_text is not None:
                 on_text(generator.text, len(generator.token_ids))
+        return self.answer(generator, rgb, question, phrase, t_start)
+
+    def answer(self, generator: Generator, rgb: np.ndarray, question: Optional[str], phrase: str,
+               t_start: float) -> Answer:
+        """The Answer of a finished `generator`: its text, and boxes in `rgb`'s pixels."""
         question = DEFAULT_CAPTION_QUESTION if question is None else question.strip()
         text = generator.text.strip()
         height, width = rgb.shape[:2]
