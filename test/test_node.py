@@ -291,7 +291,8 @@ def test_fast_camera_drops_frames_without_growing_memory_or_latency(harness):
     h = harness(caption_rate_hz=30.0, max_new_tokens=4, change_threshold=0.0).start()
     decoder = h.node.vlm.decoder
     original = decoder.run
-    decoder.run = lambda e, *row: (time.sleep(0.01), original(e, *row))[1]  # inference clearly slower than the camera
+    # inference clearly slower than the camera
+    decoder.run = lambda e, *row: (time.sleep(0.01), original(e, *row))[1]
     big = frame(9, w=320, h=240)
     msgs = [image_msg(big, stamp_s=i) for i in range(400)]
     h.publish("front", msgs[0])

@@ -136,8 +136,8 @@ class DecoderEngine:
         binding.bind_output(self.names["logits"], "cpu", 0, self._logits_dtype, [batch, 1, self.vocab],
                             self.logits[first_row:].ctypes.data)
         if batch > 1:  # a step's inputs_embeds: one token per row, always the same place and shape
-            binding.bind_input(self.names["inputs_embeds"], "cpu", 0, self.embed_dtype, [batch, 1, self.hidden],
-                               self.embeds.ctypes.data)
+            binding.bind_input(self.names["inputs_embeds"], "cpu", 0, self.embed_dtype,
+                               [batch, 1, self.hidden], self.embeds.ctypes.data)
         return binding
 
     @property

@@ -21,6 +21,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from . import manifest as mf
+from .batch import Batch
 from .engines import DecoderEngine, VisionEngine
 from .errors import EngineError, VLMError
 from .generation import GenerationParams, Generator
@@ -36,7 +37,6 @@ from .prompt import (
 from .sessions import choose_providers, provider_names, trt_cache_dir, without_tensorrt
 from .tokenizer import Tokenizer
 from .types import Answer, Timings
-
 
 # Cache rows a VLM may hold; each reserves max_length positions (allocated lazily on the CPU).
 MAX_BATCH = 16
@@ -200,10 +200,8 @@ class VLM:
         logits = self.prefill(rgb, prompt, timings, row)
         return Generator(self.decoder, self.table, self.tokenizer, logits, params, cancel, timings, row)
 
-    def batch(self) -> "Batch":
+    def batch(self) -> Batch:
         """Up to `max_batch` answers decoded together, joining and leaving at any step (batch.py)."""
-        from .batch import Batch
-
         return Batch(self)
 
     def describe(self, rgb: np.ndarray, question: Optional[str] = None,
