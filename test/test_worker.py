@@ -134,3 +134,98 @@ def test_a_question_about_an_unchanged_frame_reuses_the_cached_image(vlm):
     finally:
         w.stop()
     assert job.answer is not None and job.answer.timings.vision_s == 0.0  # the image prefix was cached
+
+
+@pytest.fixture(scope="module")
+def vlm4():
+    return VLM(DEMO, backend="cpu", threads=1, max_batch=4)
+
+
+def _scene_frame(seed: int, n: int = 0) -> Frame:
+    from mobilevlm_ros.demo.scenes import make_scene
+
+    rgb = make_scene(seed).image
+    return Frame(SimpleNamespace(n=n, header=None), lambda m: rgb, time.monotonic())
+
+
+def test_cameras_are_captioned_together_and_answer_as_alone(vlm, vlm4):
+    """Four cameras' captions and two questions decode in one batch; each text equals the one the
+    same engine gives alone, and a bad question inside the batch fails alone."""
+    from mobilevlm_ros.ros.worker import Job
+
+    params = GenerationParams(max_new_tokens=24)
+    cameras = ["front", "left", "right", "back"]
+    frames = {cam: _scene_frame(300 + i) for i, cam in enumerate(cameras)}
+    want = {cam: vlm.describe(f.rgb, None, params).text for cam, f in frames.items()}
+    want_count = vlm.describe(frames["left"].rgb, "How many objects are there?", params).text
+    batch_sizes = []
+    step = vlm4.decoder.step
+    vlm4.decoder.step = lambda rows, embeds: (batch_sizes.append(len(rows)), step(rows, embeds))[1]
+    captions = {}
+    w = Worker(vlm4, on_caption=lambda camera, frame, answer: captions.setdefault(camera, answer.text))
+    w.caption_rate_hz, w.caption_params, w.max_queue = 0.01, params, 4
+    for cam in cameras:
+        w.add_camera(cam)
+        w.put_frame(cam, frames[cam])
+    jobs = [Job(frame=frames["left"], camera="left", question="How many objects are there?", params=params),
+            Job(frame=frames["left"], camera="left", question="   ", params=params)]
+    try:
+        w.start()
+        _wait(lambda: len(captions) >= 2)  # captions running: the questions join them
+        assert all(w.submit(job) for job in jobs)
+        for job in jobs:
+            assert job.done.wait(60)
+        _wait(lambda: len(captions) == 4)
+    finally:
+        w.stop()
+        vlm4.decoder.step = step
+    assert captions == want
+    assert jobs[0].answer.text == want_count and not jobs[0].error
+    assert jobs[1].answer is None and "empty" in jobs[1].error
+    assert max(batch_sizes) >= 3, f"never decoded together: batch sizes {sorted(set(batch_sizes))}"
+
+
+def test_a_cancel_in_a_batch_stops_only_that_answer(vlm4):
+    from mobilevlm_ros.ros.worker import Job
+
+    long = GenerationParams(max_new_tokens=200, ignore_eos=True)
+    texts = []
+    jobs = [Job(frame=_scene_frame(310 + i), camera="", question="Describe the image.", params=long,
+                on_text=(lambda text, tokens: texts.append(tokens)) if i == 0 else None) for i in range(3)]
+    w = Worker(vlm4, on_caption=lambda *a: None)
+    w.max_queue = 4
+    w.start()
+    try:
+        assert all(w.submit(job) for job in jobs)
+        _wait(lambda: texts and texts[-1] >= 5)
+        jobs[0].cancel.set()
+        assert jobs[0].done.wait(30)
+        assert not jobs[1].done.is_set() and not jobs[2].done.is_set()  # the others go on
+        for job in jobs[1:]:
+            assert job.done.wait(120)
+    finally:
+        w.stop()
+    assert jobs[0].answer.finish_reason == "cancelled" and len(jobs[0].answer.token_ids) < 200
+    assert [j.answer.finish_reason for j in jobs[1:]] == ["length", "length"]
+    assert all(len(j.answer.token_ids) == 200 for j in jobs[1:])
+
+
+def test_questions_about_different_cameras_keep_each_cameras_image_cached(vlm4):
+    from mobilevlm_ros.ros.worker import Job
+
+    w = Worker(vlm4, on_caption=lambda *a: None)
+    w.change_threshold = 8.0
+    cameras = ["front", "left", "right"]
+    for cam in cameras:
+        w.add_camera(cam)
+    w.start()
+    answers = []
+    try:
+        for cam in cameras + cameras:  # each camera, then each again after the others
+            job = Job(frame=_scene_frame(320 + cameras.index(cam)), camera=cam,
+                      question="How many objects are there?", params=GenerationParams(max_new_tokens=4))
+            assert w.submit(job) and job.done.wait(60)
+            answers.append(job.answer)
+    finally:
+        w.stop()
+    assert [a.timings.vision_s > 0 for a in answers] == [True] * 3 + [False] * 3
