@@ -65,6 +65,23 @@ def shown_texts(generator) -> list:
     return texts
 
 
+def batched_agreement(alone, batched, prompts, tokens: int) -> float:
+    """Greedy tokens of each (rgb, question) decoded alone by VLM `alone`; then all prompts in one
+    batch of VLM `batched`, each row fed its alone-tokens (teacher-forced): the share of positions
+    where the batch's greedy choice equals them."""
+    from mobilevlm_ros.runtime.generation import GenerationParams
+
+    params = GenerationParams(max_new_tokens=tokens, ignore_eos=True)
+    want = [alone.describe(rgb, q, params).token_ids for rgb, q in prompts]
+    rows = list(range(len(prompts)))
+    logits = [batched.generator(rgb, q, params, row=r).logits.copy() for r, (rgb, q) in zip(rows, prompts)]
+    agree = 0
+    for k in range(tokens):
+        agree += sum(int(np.argmax(logits[r])) == want[r][k] for r in rows)
+        logits = list(batched.decoder.step(rows, batched.table[[want[r][k] for r in rows]]))
+    return agree / (tokens * len(prompts))
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """checkpoints(name, layout="", weights_format="safetensors") -> folder (cached)."""

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import scene
+from conftest import batched_agreement, scene
 
 from mobilevlm_ros.demo import scenes as S
 from mobilevlm_ros.runtime.errors import PromptError
@@ -132,25 +132,12 @@ def test_a_camera_frame_stays_cached_in_its_row_while_others_are_answered(demo):
     _run(batch, {})
 
 
-def _teacher_forced_agreement(engine: str, prompts, tokens: int) -> float:
-    """Greedy tokens of each prompt decoded alone; then the same prompts in one batch, each row fed
-    its alone-tokens: the share of positions where the batch's greedy choice equals them."""
-    params = GenerationParams(max_new_tokens=tokens, ignore_eos=True)
-    alone = VLM(engine, backend="cpu", threads=1)
-    want = [alone.describe(rgb, q, params).token_ids for rgb, q in prompts]
-    vlm = VLM(engine, backend="cpu", threads=1, max_batch=len(prompts))
-    logits = [vlm.generator(rgb, q, params, row=row).logits.copy() for row, (rgb, q) in enumerate(prompts)]
-    rows = list(range(len(prompts)))
-    agree = 0
-    for k in range(tokens):
-        agree += sum(int(np.argmax(logits[r])) == want[r][k] for r in rows)
-        logits = list(vlm.decoder.step(rows, vlm.table[[want[r][k] for r in rows]]))
-    return agree / (tokens * len(prompts))
-
-
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_batched_logits_agree_with_one_row_at_a_time_on_a_tiny_model(engines, precision):
     prompts = [(scene(0), None), (scene(1), "What colour is the block?"),
                (scene(2), "Describe every detail of this picture, one by one, from left to right."),
                (scene(3), None)]
-    assert _teacher_forced_agreement(engines("tiny", precision), prompts, 24) >= 0.99
+    engine = engines("tiny", precision)
+    alone = VLM(engine, backend="cpu", threads=1)
+    batched = VLM(engine, backend="cpu", threads=1, max_batch=len(prompts))
+    assert batched_agreement(alone, batched, prompts, 24) >= 0.99

@@ -451,7 +451,9 @@ class VLMNode(LifecycleNode):
         snap = w.snapshot()
         values = {"engine": self.vlm.manifest.dir, "model": self.model_id, "backend": self.vlm.backend,
                   "precision": self.vlm.manifest.precision, "questions_answered": snap.answers,
-                  "questions_refused_busy": snap.busy_refusals, "questions_waiting": snap.waiting}
+                  "questions_refused_busy": snap.busy_refusals, "questions_waiting": snap.waiting,
+                  "max_batch": self.vlm.max_batch, "answers_decoding": snap.decoding,
+                  "decode_tokens": snap.decode_tokens, "decode_s": f"{snap.decode_s:.3f}"}
         stale = []
         for cam, st in snap.cameras.items():
             values.update({f"{cam}.frames_received": st.received, f"{cam}.frames_dropped": st.dropped,

@@ -113,6 +113,9 @@ class Snapshot:
     busy_refusals: int
     waiting: int
     last_timings: Optional[Timings]
+    decoding: int = 0  # answers in the batch now
+    decode_tokens: int = 0  # tokens the batched decoder steps produced since start (all rows)
+    decode_s: float = 0.0  # time spent in those steps: decode_tokens / decode_s is the aggregate rate
 
 
 class Worker:
@@ -143,6 +146,7 @@ class Worker:
         self._asking: List[Job] = []  # questions being answered (in the batch)
         self._captioning: set = set()  # cameras whose caption is in the batch
         self._stopping = threading.Event()  # cancels the captions in the batch when the worker stops
+        self._batch = None  # the batch the thread decodes (its counters are read by snapshot)
 
     # -- called from ROS callbacks ---------------------------------------------------------------
     def add_camera(self, name: str) -> None:
@@ -238,7 +242,7 @@ class Worker:
             return None
 
     def _loop(self) -> None:
-        batch = self.vlm.batch()
+        batch = self._batch = self.vlm.batch()
         while self._running or batch.sequences:
             # Join what is due while rows are free; wait for work only when nothing decodes.
             while batch.free > 0:
@@ -372,6 +376,10 @@ class Worker:
 
     def snapshot(self) -> Snapshot:
         with self._cv:
+            batch = self._batch  # its counters are plain numbers: a read between two steps is fine
             return Snapshot(cameras={name: CameraStats(**vars(st)) for name, st in self.stats.items()},
                             answers=self._answers, busy_refusals=self._busy_refusals, waiting=len(self._asks),
-                            last_timings=self._last_timings)
+                            last_timings=self._last_timings,
+                            decoding=len(batch.sequences) if batch else 0,
+                            decode_tokens=batch.decode_tokens if batch else 0,
+                            decode_s=batch.decode_s if batch else 0.0)

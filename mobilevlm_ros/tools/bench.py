@@ -273,6 +273,8 @@ def main(argv=None) -> int:
     node.add_argument("--caption-rate", type=float, default=2.0, help="the node's caption_rate_hz")
     node.add_argument("--change-threshold", type=float, default=0.0,
                       help="the node's change_threshold (0: every caption runs inference)")
+    node.add_argument("--max-batch", type=int, nargs="+", default=[1, 4],
+                      help="the node's max_batch values to run (1: one answer at a time, the baseline)")
     a = p.parse_args(argv)
     if a.node:
         from . import node_bench

@@ -2,14 +2,16 @@
 
   mobilevlm-bench --node [ENGINE_DIR] [--cameras 1 4] [--format raw640 jpeg720] [--duration 20]
                   [--fps 30] [--question-rate 0.5] [--caption-rate 2] [--change-threshold 0]
+                  [--max-batch 1 4]
 
-For each (cameras, format) it starts the node as its own process (vlm_node, in namespace /bench),
+For each (cameras, format, max_batch) it starts the node as its own process (vlm_node, in namespace /bench),
 publishes camera frames at --fps from N cameras (640x480 rgb8, or 1280x720 JPEG) for --duration
 seconds while asking questions through the ~/ask service at --question-rate (round robin over the
 cameras), and reports per camera: caption latency percentiles (frame stamp to caption received),
 achieved caption rate, frames received and dropped (the node's /diagnostics), answer latency
-percentiles, and for the node process its CPU time and RSS at start and end. A second run of the same
-load with captions and questions off gives the node's CPU time outside inference (receiving and
+percentiles, the aggregate decode rate (tokens of all rows per second of batched decoder steps,
+from the node's /diagnostics counters), and for the node process its CPU time and RSS at start and
+end. A second run of the same load with captions and questions off gives the node's CPU time outside inference (receiving and
 checking frames). Frames cycle through 8 different scenes so that, with change_threshold 0 (the
 default here), every caption runs inference.
 """
@@ -57,17 +59,18 @@ def _frames(fmt: str, count: int = 8) -> list:
 
 
 def _start_node(engine: str, cameras: List[str], transport: str, caption_rate: float,
-                change_threshold: float):
+                change_threshold: float, max_batch: int):
     args = [sys.executable, "-m", "mobilevlm_ros.ros.node", "--ros-args", "-r", f"__ns:={NAMESPACE}",
             "-p", f"engine_dir:={engine}", "-p", f"cameras:=[{','.join(cameras)}]",
             "-p", f"transports:=[{transport}]", "-p", f"caption_rate_hz:={caption_rate}",
             "-p", f"change_threshold:={change_threshold}", "-p", "max_queue:=4",
+            "-p", f"max_batch:={max_batch}",
             "-p", "diagnostics_period_s:=0.5"]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def run_load(engine: str, n_cameras: int, fmt: str, duration: float, fps: float, question_rate: float,
-             caption_rate: float, change_threshold: float) -> dict:
+             caption_rate: float, change_threshold: float, max_batch: int = 1) -> dict:
     """One measured run; returns per-camera and node-process figures."""
     import psutil
     import rclpy
@@ -82,7 +85,7 @@ def run_load(engine: str, n_cameras: int, fmt: str, duration: float, fps: float,
     width, height, transport = FORMATS[fmt]
     cameras = [f"cam{i}" for i in range(n_cameras)]
     payloads = _frames(fmt)
-    proc = _start_node(engine, cameras, transport, caption_rate, change_threshold)
+    proc = _start_node(engine, cameras, transport, caption_rate, change_threshold, max_batch)
     context = rclpy.Context()
     rclpy.init(context=context)
     node = rclpy.create_node("mobilevlm_node_bench", context=context)
@@ -147,6 +150,8 @@ def run_load(engine: str, n_cameras: int, fmt: str, duration: float, fps: float,
             time.sleep(1.0 / fps)
         rss_start = node_ps.memory_info().rss / 2**20
         cpu_start = sum(node_ps.cpu_times()[:2])
+        with lock:
+            decode_start = (int(diagnostics.get("decode_tokens", 0)), float(diagnostics.get("decode_s", 0.0)))
         answer_latency: List[float] = []
         pending = []
         measuring.set()
@@ -179,13 +184,19 @@ def run_load(engine: str, n_cameras: int, fmt: str, duration: float, fps: float,
         rss_end = node_ps.memory_info().rss / 2**20
         time.sleep(1.0)  # one more diagnostics period
         with lock:
+            tokens = int(diagnostics.get("decode_tokens", 0)) - decode_start[0]
+            decode_s = float(diagnostics.get("decode_s", 0.0)) - decode_start[1]
             per_camera = {c: {"caption_latency_s": _percentiles(caption_latency[c]),
                               "captions_per_s": caption_count[c] / elapsed,
                               "frames_received": int(diagnostics.get(f"{c}.frames_received", 0)),
                               "frames_dropped": int(diagnostics.get(f"{c}.frames_dropped", 0)),
                               "frames_published": warm_frames + i} for c in cameras}
         # Frame counts include the warm-up (the node's counters run from its start).
-        return {"cameras": n_cameras, "format": fmt, "duration_s": elapsed, "per_camera": per_camera,
+        # The counters are read when /diagnostics comes (every 0.5 s): the window is the run's to that.
+        return {"cameras": n_cameras, "format": fmt, "max_batch": max_batch, "duration_s": elapsed,
+                "per_camera": per_camera,
+                "captions_per_s": sum(c["captions_per_s"] for c in per_camera.values()),
+                "decode_tokens": tokens, "decode_tok_s": tokens / decode_s if decode_s > 0 else 0.0,
                 "answers": len(answer_latency), "answer_latency_s": _percentiles(answer_latency),
                 "node_cpu_s_per_s": cpu_s / elapsed, "rss_mb_start": rss_start, "rss_mb_end": rss_end}
     finally:
@@ -200,24 +211,39 @@ def run_load(engine: str, n_cameras: int, fmt: str, duration: float, fps: float,
 
 
 def table(rows: List[dict]) -> str:
-    lines = ["cams format   caption p50/p90/p99 s  captions/s  sent  recv  drop  answers p50/p90 s  "
-             "node CPU (of 1 core)  outside inference  RSS start->end MB"]
+    lines = ["cams format   batch  caption p50/p90/p99 s  captions/s (all cams)  decode tok/s (all rows)  sent  "
+             "recv  drop  answers p50/p90 s  node CPU (of 1 core)  outside inference  RSS start->end MB"]
     for r in rows:
         cams = r["per_camera"]
         lat = statistics.mean(c["caption_latency_s"]["p50"] for c in cams.values())
         lat90 = statistics.mean(c["caption_latency_s"]["p90"] for c in cams.values())
         lat99 = max(c["caption_latency_s"]["p99"] for c in cams.values())
-        rate = statistics.mean(c["captions_per_s"] for c in cams.values())
         sent = sum(c["frames_published"] for c in cams.values())
         recv = sum(c["frames_received"] for c in cams.values())
         drop = sum(c["frames_dropped"] for c in cams.values())
         a = r["answer_latency_s"]
-        lines.append(f"{r['cameras']:>4} {r['format']:8} {lat:6.2f}/{lat90:5.2f}/{lat99:5.2f}     "
-                     f"{rate:9.2f}  {sent:4d}  {recv:4d}  {drop:4d}  "
+        lines.append(f"{r['cameras']:>4} {r['format']:8} {r['max_batch']:5d}  "
+                     f"{lat:6.2f}/{lat90:5.2f}/{lat99:5.2f}     {r['captions_per_s']:20.2f}  "
+                     f"{r['decode_tok_s']:23.1f}  {sent:4d}  {recv:4d}  {drop:4d}  "
                      f"{a['p50']:6.2f}/{a['p90']:5.2f} (n={r['answers']})  "
                      f"{r['node_cpu_s_per_s'] * 100:8.0f}%          "
                      f"{r['ingest_cpu_s_per_s'] * 100:5.0f}%       "
                      f"{r['rss_mb_start']:.0f} -> {r['rss_mb_end']:.0f}")
+    return "\n".join(lines)
+
+
+def gains(rows: List[dict]) -> str:
+    """Each batched row against the max_batch 1 row of the same cameras and format (same run)."""
+    base = {(r["cameras"], r["format"]): r for r in rows if r["max_batch"] == 1}
+    lines = []
+    for r in rows:
+        b = base.get((r["cameras"], r["format"]))
+        if r["max_batch"] == 1 or b is None or not b["captions_per_s"] or not b["decode_tok_s"]:
+            continue
+        lines.append(f"{r['cameras']} camera(s), {r['format']}, max_batch {r['max_batch']} vs 1: captions/s "
+                     f"{r['captions_per_s'] / b['captions_per_s']:.2f}x, aggregate decode tok/s "
+                     f"{r['decode_tok_s'] / b['decode_tok_s']:.2f}x, RSS {r['rss_mb_end']:.0f} vs "
+                     f"{b['rss_mb_end']:.0f} MB")
     return "\n".join(lines)
 
 
@@ -229,13 +255,17 @@ def main(a) -> int:
     rows = []
     for n in a.cameras:
         for fmt in a.format:
-            print(f"node bench: {n} camera(s), {fmt}, {a.fps:g} Hz, {a.duration:g} s ...", flush=True)
-            row = run_load(engine, n, fmt, a.duration, a.fps, a.question_rate, a.caption_rate,
-                           a.change_threshold)
-            ingest = run_load(engine, n, fmt, min(a.duration, 10.0), a.fps, 0.0, 0.0, a.change_threshold)
-            row["ingest_cpu_s_per_s"] = ingest["node_cpu_s_per_s"]  # captions and questions off
-            rows.append(row)
+            for max_batch in a.max_batch:
+                print(f"node bench: {n} camera(s), {fmt}, max_batch {max_batch}, {a.fps:g} Hz, "
+                      f"{a.duration:g} s ...", flush=True)
+                row = run_load(engine, n, fmt, a.duration, a.fps, a.question_rate, a.caption_rate,
+                               a.change_threshold, max_batch)
+                ingest = run_load(engine, n, fmt, min(a.duration, 10.0), a.fps, 0.0, 0.0, a.change_threshold,
+                                  max_batch)
+                row["ingest_cpu_s_per_s"] = ingest["node_cpu_s_per_s"]  # captions and questions off
+                rows.append(row)
     print(table(rows))
+    print(gains(rows))
     if a.json:
         with (sys.stdout if a.json == "-" else open(a.json, "w")) as f:
             json.dump(rows, f, indent=2)
