@@ -12,8 +12,8 @@ achieved caption rate, frames received and dropped (the node's /diagnostics), an
 percentiles, the aggregate decode rate (tokens of all rows per second of batched decoder steps,
 from the node's /diagnostics counters), and for the node process its CPU time and RSS at start and
 end. A second run of the same load with captions and questions off gives the node's CPU time
-outside inference (receiving and checking frames). Frames cycle through 8 different scenes so that, with change_threshold 0 (the
-default here), every caption runs inference.
+outside inference (receiving and checking frames). Frames cycle through 8 different scenes so
+that, with change_threshold 0 (the default here), every caption runs inference.
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ def run_load(engine: str, n_cameras: int, fmt: str, duration: float, fps: float,
 
 def table(rows: List[dict]) -> str:
     lines = ["cams format   batch  caption p50/p90/p99 s  captions/s (all cams)  decode tok/s (all rows)  "
-             "sent  recv  drop  answers p50/p90 s  node CPU (of 1 core)  outside inference  RSS start->end MB"]
+             "sent  recv  drop  answers p50/p90 s  node CPU (of 1 core)  outside inference  "
+             "RSS start->end MB"]
     for r in rows:
         cams = r["per_camera"]
         lat = statistics.mean(c["caption_latency_s"]["p50"] for c in cams.values())
