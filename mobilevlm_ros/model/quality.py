@@ -126,6 +126,7 @@ class LanguageModel:
     bos_id: Optional[int]
     write_tokenizer: Callable[[str], None]  # puts tokenizer files in a Llama folder for the builder
     name: str
+    decode: Optional[Callable[[List[int]], str]] = None  # token ids -> text, special tokens dropped
 
 
 def load_language_model(src: str) -> LanguageModel:
@@ -152,7 +153,7 @@ def load_language_model(src: str) -> LanguageModel:
 
             sp = Tokenizer(os.path.join(folder, "tokenizer.model"))
             return LanguageModel(load_mobilevlm_llm(folder), lambda text: sp.encode(text, add_bos=False),
-                                 sp.bos_id, sentencepiece_tokenizer_writer(sp.path), src)
+                                 sp.bos_id, sentencepiece_tokenizer_writer(sp.path), src, sp.decode)
         llm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(folder)
     if llm.config.model_type != "llama":
@@ -160,7 +161,8 @@ def load_language_model(src: str) -> LanguageModel:
                               "the decoder exporter takes Llama models")
     return LanguageModel(llm.eval().requires_grad_(False),
                          lambda text: tok(text, add_special_tokens=False).input_ids,
-                         tok.bos_token_id, tok.save_pretrained, src)
+                         tok.bos_token_id, tok.save_pretrained, src,
+                         lambda ids: tok.decode(ids, skip_special_tokens=True))
 
 
 def corpus_windows(ids: List[int], tokens: int, window: int) -> List[List[int]]:
