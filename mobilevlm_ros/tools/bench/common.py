@@ -51,7 +51,7 @@ def synthetic_engine_name(synthetic: str, precision: str, block_size: int, targe
     so a new default is never benchmarked on an engine built with the old one."""
     import hashlib
 
-    from ..model.export import DEFAULT_QUANT
+    from ...model.export import DEFAULT_QUANT
 
     quant = dict(DEFAULT_QUANT.get(precision, {}), **({"block_size": block_size} if block_size else {}))
     tag = hashlib.sha256(json.dumps(quant, sort_keys=True).encode()).hexdigest()[:8]
@@ -60,8 +60,8 @@ def synthetic_engine_name(synthetic: str, precision: str, block_size: int, targe
 
 def synthetic_engine(a) -> tuple:
     """A cached synthetic checkpoint and its engine (made once: a full-size int4 build takes minutes)."""
-    from ..model.export import export
-    from ..model.synthetic import write_synthetic
+    from ...model.export import export
+    from ...model.synthetic import write_synthetic
 
     ckpt = os.path.join(a.work, f"{a.synthetic}-checkpoint")
     target = "cuda" if a.backend in ("cuda", "tensorrt") else "cpu"

@@ -20,8 +20,8 @@ def summarise(runs: list) -> dict:
 
 
 def worker_ours(engine: str, new_tokens: int, runs: int, threads: int, backend: str = "auto") -> dict:
-    from ..runtime.generation import GenerationParams
-    from ..runtime.vlm import VLM
+    from ...runtime.generation import GenerationParams
+    from ...runtime.vlm import VLM
 
     t0 = time.perf_counter()
     vlm = VLM(engine, backend=backend, threads=threads, max_length=1024)
@@ -72,10 +72,10 @@ def worker_reference(checkpoint: str, new_tokens: int, runs: int, threads: int,
                      backend: str = "auto") -> dict:
     import torch
 
-    from ..model.loader import load_checkpoint
-    from ..runtime.image import preprocess
-    from ..runtime.prompt import DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
-    from ..runtime.tokenizer import Tokenizer
+    from ...model.loader import load_checkpoint
+    from ...runtime.image import preprocess
+    from ...runtime.prompt import DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
+    from ...runtime.tokenizer import Tokenizer
 
     torch.set_num_threads(threads)
     device = "cuda" if backend in ("cuda", "tensorrt") else "cpu"
