@@ -51,7 +51,7 @@ setup(
         "console_scripts": [
             "mobilevlm-export = mobilevlm_ros.tools.export_cli:main",
             "mobilevlm-caption = mobilevlm_ros.tools.caption:main",
-            "mobilevlm-bench = mobilevlm_ros.tools.bench:main",
+            "mobilevlm-bench = mobilevlm_ros.tools.bench.cli:main",
             "mobilevlm-quality = mobilevlm_ros.tools.quality:main",
             "mobilevlm-replay = mobilevlm_ros.tools.replay:main",
             "mobilevlm-demo-bag = mobilevlm_ros.tools.demo_bag:main",

@@ -7,7 +7,7 @@ import json
 import onnxruntime as ort
 import pytest
 
-from mobilevlm_ros.tools import bench
+from mobilevlm_ros.tools.bench import cli as bench
 
 # --synthetic exports its engines and --kernels builds graphs with onnx: the export side, which the
 # robot-only ARM image (make test-arm) lacks.
@@ -71,7 +71,7 @@ def test_profile_splits_one_caption_into_its_stages(work, tmp_path, capsys):
 
 
 def test_kernels_compute_the_product_in_every_form():
-    from mobilevlm_ros.tools.bench_kernels import FORMS, measure
+    from mobilevlm_ros.tools.bench.kernels import FORMS, measure
 
     results = measure(k=256, n=96, rows=(8, 1), threads=1, seconds=0.01)
     assert {(r["form"], r["rows"]) for r in results} == {(f, m) for f in FORMS for m in (8, 1)}
@@ -82,3 +82,22 @@ def test_kernels_compute_the_product_in_every_form():
         assert error[("MatMulNBits int8", m)] < error[("MatMulNBits int4", m)] < 0.2
         assert error[("QGEMM int8", m)] < 0.2
     assert all(r["ms"] > 0 and r["gops"] > 0 for r in results)
+
+
+def test_benchmark_tools_share_helpers_through_common_only():
+    """No circle: a bench module imports no private name of another, and none but cli.py imports
+    another bench module other than common.py."""
+    import ast
+    import pathlib
+
+    import mobilevlm_ros.tools.bench as pkg
+
+    folder = pathlib.Path(pkg.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [a.name for a in node.names]
+                private = [n for n in names if n.startswith("_")]
+                assert not private, f"{path.name} imports {private} from .{node.module}"
+                if path.name not in ("cli.py", "__main__.py"):
+                    assert node.module == "common", f"{path.name} imports .{node.module}"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mobilevlm_ros.tools import bench
-from mobilevlm_ros.tools.bench_llamacpp import (
+from mobilevlm_ros.tools.bench import cli as bench
+from mobilevlm_ros.tools.bench.common import frame
+from mobilevlm_ros.tools.bench.llamacpp import (
     cosines,
     format_ratios,
     format_vision_check,
@@ -89,10 +90,10 @@ def test_vision_check_lines_say_whether_the_same_thing_was_computed():
 def test_square_image_gives_our_pixels():
     from mobilevlm_ros.runtime.image import preprocess, square_image
 
-    frame = bench._frame(3)
-    square = square_image(frame, 336)
+    rgb = frame(3)
+    square = square_image(rgb, 336)
     assert square.shape == (336, 336, 3) and square.dtype == np.uint8
-    np.testing.assert_array_equal(preprocess(square, 336), preprocess(frame, 336))
+    np.testing.assert_array_equal(preprocess(square, 336), preprocess(rgb, 336))
 
 
 def test_llamacpp_needs_its_source_folder(capsys, tmp_path):

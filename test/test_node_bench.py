@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
 
-from mobilevlm_ros.tools import node_bench  # noqa: E402
+from mobilevlm_ros.tools.bench import node as node_bench  # noqa: E402
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engines", "demo")
 

@@ -46,16 +46,16 @@ def stage_breakdown(runs: List[dict], kernels: List[dict]) -> dict:
 
 
 def profile_caption(engine: str, new_tokens: int, threads: int, backend: str = "auto") -> dict:
-    from ..runtime.generation import GenerationParams
-    from ..runtime.vlm import VLM
-    from .bench import _frame
+    from ...runtime.generation import GenerationParams
+    from ...runtime.vlm import VLM
+    from .common import frame
 
     with tempfile.TemporaryDirectory(prefix="mobilevlm_profile_") as tmp:
         vlm = VLM(engine, backend=backend, threads=threads, max_length=1024,
                   profile_prefix=os.path.join(tmp, "profile_"))
         params = GenerationParams(max_new_tokens=new_tokens, ignore_eos=True)
-        vlm.describe(_frame(0), None, params)  # warm-up; leaves the prompt head in the cache
-        answer = vlm.describe(_frame(1), None, params)
+        vlm.describe(frame(0), None, params)  # warm-up; leaves the prompt head in the cache
+        answer = vlm.describe(frame(1), None, params)
         vision_runs, vision_kernels = _runs_and_kernels(vlm.vision.session.end_profiling())
         decoder_runs, decoder_kernels = _runs_and_kernels(vlm.decoder.session.end_profiling())
     t = answer.timings

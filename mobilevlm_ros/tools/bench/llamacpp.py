@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .bench import _frame, _peak_rss_mb
+from .common import frame, peak_rss_mb
 
 LLAMACPP_SRC_HELP = ("llama.cpp source folder with convert_hf_to_gguf.py, gguf-py and "
                      "tools/mtmd/legacy-models (e.g. llama-cpp-python's sdist vendor/llama.cpp)")
@@ -52,8 +52,8 @@ def check_arguments(p, a, checkpoint: Optional[str]) -> None:
         p.error("--llamacpp races on the CPU (llama-cpp-python built for it): use --backend cpu or auto")
     if a.rounds < 1:
         p.error("--rounds must be at least 1")
-    from ..model.llamacpp_vlm import check_llamacpp_src
-    from ..runtime.errors import CheckpointError
+    from ...model.llamacpp_vlm import check_llamacpp_src
+    from ...runtime.errors import CheckpointError
 
     try:
         check_llamacpp_src(a.llamacpp_src)
@@ -168,8 +168,8 @@ class LlamaCppVLM:
 
 
 def _prompt_ids(tokenizer_path: str):
-    from ..runtime.prompt import DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, tokenize_prompt
-    from ..runtime.tokenizer import Tokenizer
+    from ...runtime.prompt import DEFAULT_CAPTION_QUESTION, IMAGE_TOKEN_INDEX, build_prompt, tokenize_prompt
+    from ...runtime.tokenizer import Tokenizer
 
     ids = tokenize_prompt(Tokenizer(tokenizer_path), build_prompt(DEFAULT_CAPTION_QUESTION))
     cut = ids.index(IMAGE_TOKEN_INDEX)
@@ -178,7 +178,7 @@ def _prompt_ids(tokenizer_path: str):
 
 def worker_llamacpp(gguf: str, new_tokens: int, runs: int, threads: int) -> dict:
     """worker_ours's figures for llama.cpp; the mmproj and tokenizer.model lie beside `gguf`."""
-    from ..model.llamacpp_vlm import MMPROJ
+    from ...model.llamacpp_vlm import MMPROJ
 
     folder = os.path.dirname(os.path.abspath(gguf))
     head, tail = _prompt_ids(os.path.join(folder, "tokenizer.model"))
@@ -189,7 +189,7 @@ def worker_llamacpp(gguf: str, new_tokens: int, runs: int, threads: int) -> dict
 
     def request(i: int) -> dict:
         t_start = time.perf_counter()
-        chunks, chunk = vlm.image_chunks(_frame(i))
+        chunks, chunk = vlm.image_chunks(frame(i))
         t0 = time.perf_counter()
         image = vlm.encode(chunk)
         vision_s = time.perf_counter() - t0
@@ -229,7 +229,7 @@ def worker_llamacpp(gguf: str, new_tokens: int, runs: int, threads: int) -> dict
 
     out = [request(i) for i in range(runs + 1)][1:]  # the first warms up and fills the head
     res = {k: statistics.median(r[k] for r in out) for k in out[0]}
-    res.update(peak_rss_mb=_peak_rss_mb(), load_s=load_s, backend="llama.cpp-cpu",
+    res.update(peak_rss_mb=peak_rss_mb(), load_s=load_s, backend="llama.cpp-cpu",
                precision=os.path.basename(gguf)[len("model-"):-len(".gguf")])
     return res
 
@@ -248,24 +248,24 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict:
 
 def worker_vision_check(gguf: str, engine: str, checkpoint: Optional[str], threads: int) -> dict:
     """Image embeddings of frame 0 from llama.cpp, our engine and (with a checkpoint) PyTorch, compared."""
-    from ..model.llamacpp_vlm import MMPROJ
-    from ..runtime.image import preprocess, square_image
-    from ..runtime.vlm import VLM
+    from ...model.llamacpp_vlm import MMPROJ
+    from ...runtime.image import preprocess, square_image
+    from ...runtime.vlm import VLM
 
-    frame = _frame(0)
+    rgb = frame(0)
     ours_vlm = VLM(engine, threads=threads, max_length=1024)
     size = ours_vlm.image_size
-    same = square_image(frame, size)  # given to llama.cpp, its resize is a copy: the same pixels
+    same = square_image(rgb, size)  # given to llama.cpp, its resize is a copy: the same pixels
     pixels = preprocess(same, size)
-    if not np.array_equal(pixels, preprocess(frame, size)):
+    if not np.array_equal(pixels, preprocess(rgb, size)):
         raise RuntimeError("the SxS frame does not give our preprocessing's pixels")
     vlm = LlamaCppVLM(gguf, os.path.join(os.path.dirname(os.path.abspath(gguf)), MMPROJ), threads)
-    emb = {"llamacpp": vlm.image_embeddings(same), "llamacpp_own_preprocessing": vlm.image_embeddings(frame),
+    emb = {"llamacpp": vlm.image_embeddings(same), "llamacpp_own_preprocessing": vlm.image_embeddings(rgb),
            "ours": np.asarray(ours_vlm.vision(pixels)).reshape(-1, vlm.n_embd)}
     if checkpoint:
         import torch
 
-        from ..model.loader import load_checkpoint
+        from ...model.loader import load_checkpoint
 
         torch.set_num_threads(threads)
         with torch.no_grad():
@@ -285,7 +285,7 @@ def conversion_folder(a, checkpoint: str) -> str:
 
 
 def _run_module_worker(args: List[str]) -> dict:
-    cmd = [sys.executable, "-m", "mobilevlm_ros.tools.bench_llamacpp", *args]
+    cmd = [sys.executable, "-m", "mobilevlm_ros.tools.bench.llamacpp", *args]
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"mobilevlm-bench: llama.cpp worker {args[0]} failed:\n{run.stderr[-3000:]}")
@@ -337,7 +337,7 @@ def race_llamacpp(a, engine: str, checkpoint: str, run_worker: Callable[[str, st
                   log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
     """Convert once, then alternate ours / Q4_0 / Q4_K_M processes for a.rounds rounds, then the
     vision check. Returns ours (merged), the llama.cpp rows, their ratios and the printed lines."""
-    from ..model.llamacpp_vlm import QUANTS, prepare
+    from ...model.llamacpp_vlm import QUANTS, prepare
 
     paths = prepare(checkpoint, a.llamacpp_src, conversion_folder(a, checkpoint), a.threads, log)
     per_round: Dict[str, List[dict]] = {"ours": [], **{q: [] for q, _ in QUANTS}}
@@ -367,7 +367,7 @@ def race_llamacpp(a, engine: str, checkpoint: str, run_worker: Callable[[str, st
 def main(argv=None) -> int:
     import argparse
 
-    from ..runtime.sessions import default_threads
+    from ...runtime.sessions import default_threads
 
     p = argparse.ArgumentParser(description="llama.cpp workers of mobilevlm-bench (one process each)")
     p.add_argument("kind", choices=["speed", "vision"])

@@ -44,7 +44,7 @@ def _frames(fmt: str, count: int = 8) -> list:
     """`count` messages' payloads of different demo scenes: rgb8 bytes or JPEG bytes."""
     import cv2
 
-    from ..demo import scenes
+    from ...demo import scenes
 
     width, height, transport = FORMATS[fmt]
     out = []
@@ -79,8 +79,8 @@ def run_load(engine: str, n_cameras: int, fmt: str, duration: float, fps: float,
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
 
-    from ..msg import Caption
-    from ..srv import Ask
+    from ...msg import Caption
+    from ...srv import Ask
 
     width, height, transport = FORMATS[fmt]
     cameras = [f"cam{i}" for i in range(n_cameras)]
@@ -250,7 +250,7 @@ def gains(rows: List[dict]) -> str:
 
 def main(a) -> int:
     """Called by mobilevlm-bench --node with its parsed arguments."""
-    from ..ros.share import share_path
+    from ...ros.share import share_path
 
     engine = os.path.abspath(a.engine or share_path("engines/demo"))
     rows = []
