@@ -84,7 +84,7 @@ def test_quantized_engines_agree_with_fp32(name, precision, floor, engines):
 
     graph = onnx.load(mf.load(engines(name, precision)).path("decoder"), load_external_data=False).graph
     bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
-    # int4's default keeps lm_head and the most sensitive projections in int8 (k-quant mixed).
+    # int4's default keeps lm_head and the most sensitive projections in int8.
     assert bits == ({4, 8} if precision == "int4" else {8}), (
         "the decoder's matrices are not quantized as configured")
     rates = [_teacher_forced_agreement(engines(name, precision), engines(name, "fp32"), scene(s))

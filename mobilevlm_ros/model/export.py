@@ -40,12 +40,18 @@ PRECISIONS, TARGETS = mf.PRECISIONS, mf.TARGETS
 CALIBRATED = ("gptq",)
 # The builder's quantization options mobilevlm-export uses for each precision. Chosen by measuring
 # quality on real trained weights (mobilevlm-quality, BENCHMARKS.md) against speed.
+# llama.cpp's mixed strategy as the builder does it: lm_head, the first and last eighth of the
+# layers and every third layer's qkv/v/down projections in int8, the rest in the precision's bits.
+SENSITIVE_INT8 = "last_matmul:int8,mixed_layers:int8"
 DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
-    # +0.6% perplexity on SmolLM2 where block 128 symmetric cost +2.7%, at the same speed.
+    # +0.65% perplexity on SmolLM2 (8192 tokens, BENCHMARKS.md) where block 128 symmetric cost +2.7%.
+    # Symmetric block 32 measured +0.54% at 3% fewer bytes: inside the half-percent that shorter
+    # evaluations moved, so not worth re-quantizing everyone's engines for.
     "int8": {"block_size": 32, "is_symmetric": False},
-    # +12% on SmolLM2 where block 128 cost +75% and llama.cpp Q4_0 +25%; 0.75x block 128's decode
-    # speed at the 1.7B shape. "int4 k-quant block 16, sensitive int8" (+6%) halves it again.
-    "int4": {"block_size": 32, "algo_config": "k_quant_mixed"},
+    # Rounding, symmetric (no zero points: MatMulNBits' fast path), sensitive matrices int8: +14.2% on
+    # SmolLM2 at 103 MB read per token, where the k-quant mix gave +15.8% at 106 MB and decoded 1.13x
+    # slower at the 1.7B shape, and GPTQ of the same layout +16.1% (BENCHMARKS.md, 2026-12-05).
+    "int4": {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8},
 }
 
 

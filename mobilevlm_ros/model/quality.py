@@ -37,6 +37,7 @@ from ..runtime.engines import DecoderEngine
 from ..runtime.errors import CheckpointError
 from .export import (
     DEFAULT_QUANT,
+    SENSITIVE_INT8,
     build_decoder,
     embedding_table,
     gptq_llama_folder,
@@ -62,10 +63,8 @@ class Config:
 
 # Every configuration worth offering (onnxruntime-genai 0.18's builder options). The builder's
 # older `int4_`-prefixed spellings (int4_algo_config, int4_is_symmetric, ...) are not read at all:
-# only these names change the graph. `sensitive` = llama.cpp's mixed strategy as the builder does
-# it: lm_head, the first and last eighth of the layers and every third layer's qkv/v/down
-# projections in int8, the rest int4.
-SENSITIVE_INT8 = "last_matmul:int8,mixed_layers:int8"
+# only these names change the graph. `sensitive` = SENSITIVE_INT8 (model/export.py), llama.cpp's
+# mixed strategy.
 # GPTQ only (model/gptq.py): lm_head and the sensitive layers' down projections in int8.
 SENSITIVE_DOWN_INT8 = "last_matmul:int8,mixed_down:int8"
 CONFIGS = (
