@@ -40,18 +40,20 @@ PRECISIONS, TARGETS = mf.PRECISIONS, mf.TARGETS
 CALIBRATED = ("gptq",)
 # The builder's quantization options mobilevlm-export uses for each precision. Chosen by measuring
 # quality on real trained weights (mobilevlm-quality, BENCHMARKS.md) against speed.
-# llama.cpp's mixed strategy as the builder does it: lm_head, the first and last eighth of the
-# layers and every third layer's qkv/v/down projections in int8, the rest in the precision's bits.
+# llama.cpp's mixed strategy as the builder does it: lm_head, and in the first and last eighth of
+# the layers and every third layer the v and down projections (q/k/v when fused) in int8.
 SENSITIVE_INT8 = "last_matmul:int8,mixed_layers:int8"
 DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
     # +0.65% perplexity on SmolLM2 (8192 tokens, BENCHMARKS.md) where block 128 symmetric cost +2.7%.
     # Symmetric block 32 measured +0.54% at 3% fewer bytes: inside the half-percent that shorter
     # evaluations moved, so not worth re-quantizing everyone's engines for.
     "int8": {"block_size": 32, "is_symmetric": False},
-    # Rounding, symmetric (no zero points: MatMulNBits' fast path), sensitive matrices int8: +14.2% on
-    # SmolLM2 at 103 MB read per token, where the k-quant mix gave +15.8% at 106 MB and decoded 1.13x
-    # slower at the 1.7B shape, and GPTQ of the same layout +16.1% (BENCHMARKS.md, 2026-12-05).
-    "int4": {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8},
+    # Rounding, symmetric (no zero points: MatMulNBits' fast path), lm_head and the sensitive layers'
+    # v and down projections in int8 (llama.cpp's Q4_K_M choice; with q/k/v fused into one matrix the
+    # builder can only make all three int8): +14.5% on SmolLM2 at 100 MB read per token, where the
+    # k-quant mix gave +15.8% at 106 MB, and at the 1.7B shape 896 MB at 22.2 tok/s against its
+    # 968 MB at 20.2 (BENCHMARKS.md, 2026-12-05). GPTQ of the same layout measured no better.
+    "int4": {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False},
 }
 
 

@@ -86,6 +86,9 @@ CONFIGS = (
            {"block_size": 128, "matmul_mixed_precision": SENSITIVE_INT8}),
     Config("int4 block 32, sensitive int8", "int4",
            {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
+    # The same weights with q, k and v as three MatMulNBits instead of one packed (builder's fuse_qkv).
+    Config("int4 block 32, sensitive int8, q/k/v unfused", "int4",
+           {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False}),
     Config("int4 block 16, sensitive int8", "int4",
            {"block_size": 16, "matmul_mixed_precision": SENSITIVE_INT8}),
     Config("int4 k-quant block 32", "int4", {"block_size": 32, "algo_config": "k_quant"}),
