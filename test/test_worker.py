@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from types import SimpleNamespace
 
@@ -229,3 +230,34 @@ def test_questions_about_different_cameras_keep_each_cameras_image_cached(vlm4):
     finally:
         w.stop()
     assert [a.timings.vision_s > 0 for a in answers] == [True] * 3 + [False] * 3
+
+
+def test_cameras_take_turns_when_inference_cannot_keep_up(vlm):
+    """Every camera always has a fresh frame and is always due: one at a time (max_batch 1), the
+    captions go round the cameras instead of to the first one named."""
+    order = []
+    w = Worker(vlm, on_caption=lambda camera, frame, answer: order.append(camera))
+    w.caption_rate_hz, w.caption_params = 1000.0, GenerationParams(max_new_tokens=4)
+    cameras = ["a", "b", "c"]
+    for cam in cameras:
+        w.add_camera(cam)
+    stop = threading.Event()
+
+    def feed():  # a new frame on every camera all the time
+        n = 0
+        while not stop.is_set():
+            for cam in cameras:
+                w.put_frame(cam, Frame(SimpleNamespace(n=n, header=None), lambda m: RGB, time.monotonic()))
+            n += 1
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    w.start()
+    try:
+        _wait(lambda: len(order) >= 9)
+    finally:
+        w.stop()
+        stop.set()
+        feeder.join()
+    assert sorted(order[:9]) == sorted(cameras * 3), order

@@ -226,15 +226,17 @@ class Worker:
                 pause = 0.5
                 if self.caption_rate_hz > 0:
                     now, period = time.monotonic(), 1.0 / self.caption_rate_hz
-                    for cam, fresh in self._fresh.items():
-                        if not fresh or cam in self._captioning:
-                            continue
-                        due = self.stats[cam].last_caption_at + period
-                        if due <= now:
-                            self._fresh[cam] = False
-                            self.stats[cam].last_caption_at = now
-                            self._captioning.add(cam)
-                            return ("caption", cam, self._frames[cam])
+                    # The camera due longest first: when inference cannot keep up with the rate,
+                    # the cameras take turns instead of the first one named taking every slot.
+                    waiting = [(self.stats[c].last_caption_at + period, c) for c, fresh in self._fresh.items()
+                               if fresh and c not in self._captioning]
+                    due, cam = min(waiting, default=(None, None))
+                    if cam is not None and due <= now:
+                        self._fresh[cam] = False
+                        self.stats[cam].last_caption_at = now
+                        self._captioning.add(cam)
+                        return ("caption", cam, self._frames[cam])
+                    if cam is not None:
                         pause = min(pause, due - now)
                 if not wait:
                     return None
