@@ -112,10 +112,18 @@ def test_a_bad_request_fails_alone_and_the_batch_goes_on(demo):
     got = _run(batch, {})
     assert {tag: a.text for tag, a in got.items()} == {
         "first": alone.describe(rgb0, q0, GREEDY).text, "second": alone.describe(rgb1, q1, GREEDY).text}
+    full = batched.batch()
+    for _ in range(4):
+        full.add(rgb0, q0, GREEDY)
     with pytest.raises(RuntimeError, match="full"):
-        full = batched.batch()
-        for _ in range(5):
-            full.add(rgb0, q0, GREEDY)
+        full.add(rgb0, q0, GREEDY)
+    # Row 0 decodes the batch's sequence: one-off answers and other batches must not write into it.
+    with pytest.raises(RuntimeError, match="running sequence"):
+        batched.describe(rgb1, q1, GREEDY)
+    with pytest.raises(RuntimeError, match="running sequence"):
+        batched.batch().add(rgb1, q1, GREEDY)
+    _run(full, {})
+    assert batched.describe(rgb1, q1, GREEDY).text == alone.describe(rgb1, q1, GREEDY).text
 
 
 def test_a_camera_frame_stays_cached_in_its_row_while_others_are_answered(demo):

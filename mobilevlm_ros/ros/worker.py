@@ -264,8 +264,7 @@ class Worker:
         try:
             ended = batch.step()
         except Exception as e:  # an engine failure: every sequence of the step fails, the worker goes on
-            ended, error = batch.sequences, f"inference failed: {type(e).__name__}: {e}"
-            batch.sequences = []
+            ended, error = batch.clear(), f"inference failed: {type(e).__name__}: {e}"
             self.log_error(error)
             for seq in ended:
                 self._finish(seq.tag, None, error)

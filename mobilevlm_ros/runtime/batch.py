@@ -68,11 +68,14 @@ class Batch:
         if self.free <= 0:
             raise RuntimeError(f"the batch is full ({self.vlm.max_batch} sequences)")
         started = time.perf_counter()
-        taken = {s.row for s in self.sequences}
-        row = self.vlm.row_for(rgb, [r for r in range(self.vlm.max_batch) if r not in taken])
+        free = [r for r in range(self.vlm.max_batch) if r not in self.vlm.rows_in_use]
+        if not free:
+            raise RuntimeError("every cache row holds a running sequence (another batch of this VLM)")
+        row = self.vlm.row_for(rgb, free)
         generator = self.vlm.generator(rgb, question, params, cancel, row=row)
         seq = Sequence(generator, rgb, question, phrase, on_text, started, tag)
         self.sequences.append(seq)
+        self.vlm.rows_in_use.add(row)
         return seq
 
     def step(self) -> List[Sequence]:
@@ -99,5 +102,13 @@ class Batch:
         ended = [s for s in self.sequences if s.generator.is_done()]
         self.sequences = [s for s in self.sequences if not s.generator.is_done()]
         for seq in ended:
+            self.vlm.rows_in_use.discard(seq.row)
             seq.answer = self.vlm.answer(seq.generator, seq.rgb, seq.question, seq.phrase, seq.started)
         return ended
+
+    def clear(self) -> List[Sequence]:
+        """Drop every sequence without an answer (after an engine failure); returns them."""
+        dropped, self.sequences = self.sequences, []
+        for seq in dropped:
+            self.vlm.rows_in_use.discard(seq.row)
+        return dropped

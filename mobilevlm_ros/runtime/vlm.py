@@ -107,6 +107,7 @@ class VLM:
         self.max_batch = max_batch
         self._prefixes = [_Prefix() for _ in range(max_batch)]  # what each cache row starts with
         self._uses = 0  # counts prefills, to find the row used least recently
+        self.rows_in_use: set = set()  # rows holding a batch's running sequence (batch.py)
 
     def _load(self, role: str, load):
         """load(path of the file of `role`); any failure is one EngineError that names the file."""
@@ -194,6 +195,8 @@ class VLM:
         """Prompt encoding and prefill for `question` (None: a caption) about `rgb` (H x W x 3 uint8
         RGB) in cache row `row`; the Generator that continues from there. Bad input raises
         ImageError / PromptError / ValueError."""
+        if row in self.rows_in_use:  # e.g. describe() while a batch decodes in row 0
+            raise RuntimeError(f"cache row {row} holds a running sequence of a batch")
         params = (params or GenerationParams()).validate()
         prompt = self.encode_prompt(question, params.max_new_tokens)
         timings = Timings()
