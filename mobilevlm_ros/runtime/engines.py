@@ -108,7 +108,8 @@ class DecoderEngine:
             self.kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, kv_dtype, "cuda", 0)
                        for _ in range(2 * layers)]
         else:
-            # np.zeros maps pages lazily: only positions actually written count towards memory.
+            # np.zeros maps pages lazily: an unused row costs no memory. A row's first prefill makes
+            # all of it resident (measured: GroupQueryAttention writes the whole row then).
             self._kv_host = [np.zeros(shape, kv_dtype) for _ in range(2 * layers)]
             self.kv = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv_host]
         self._kv_dtype, self._logits_dtype = kv_dtype, logits_dtype
