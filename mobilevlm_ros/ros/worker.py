@@ -198,7 +198,7 @@ class Worker:
             self._thread.start()
 
     def stop(self, reason: str = "node stopped") -> None:
-        """End the thread; waiting questions fail and the running one is cancelled, all with `reason`."""
+        """End the thread; waiting questions fail and running answers are cancelled, all with `reason`."""
         with self._cv:
             self._running = False
             for job in self._asks:

@@ -56,8 +56,8 @@ class Batch:
 
     @property
     def free(self) -> int:
-        """Sequences that can still join."""
-        return self.vlm.max_batch - len(self.sequences)
+        """Sequences that can still join (cache rows no batch of this VLM decodes in)."""
+        return self.vlm.max_batch - len(self.vlm.rows_in_use)
 
     def add(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
             cancel: Optional[threading.Event] = None, on_text: Optional[Callable[[str, int], None]] = None,
@@ -65,12 +65,10 @@ class Batch:
         """Prefill `question` (None: a caption) about `rgb` into a free cache row; the sequence
         decodes from the next `step()` on. Bad input raises as VLM.describe does, and nothing joins.
         A row that already holds this frame's image prefix is taken first (no vision, no image prefill)."""
-        if self.free <= 0:
-            raise RuntimeError(f"the batch is full ({self.vlm.max_batch} sequences)")
-        started = time.perf_counter()
         free = [r for r in range(self.vlm.max_batch) if r not in self.vlm.rows_in_use]
         if not free:
-            raise RuntimeError("every cache row holds a running sequence (another batch of this VLM)")
+            raise RuntimeError(f"the batch is full: all {self.vlm.max_batch} cache rows decode a sequence")
+        started = time.perf_counter()
         row = self.vlm.row_for(rgb, free)
         generator = self.vlm.generator(rgb, question, params, cancel, row=row)
         seq = Sequence(generator, rgb, question, phrase, on_text, started, tag)

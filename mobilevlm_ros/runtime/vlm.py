@@ -65,7 +65,8 @@ class EncodedPrompt:
 
 
 class VLM:
-    """A MobileVLM engine directory, loaded. Not thread-safe: one request at a time."""
+    """A MobileVLM engine directory, loaded. Not thread-safe: one thread drives it (several answers
+    at once go through `batch()`)."""
 
     def __init__(self, engine_dir: str, backend: str = "auto", threads: int = 0, max_length: int = 0,
                  verify: bool = True, profile_prefix: str = "", max_batch: int = 1):
