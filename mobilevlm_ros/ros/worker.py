@@ -78,8 +78,7 @@ class _Caption:
     """A caption in the batch: what publishing it needs."""
 
     camera: str
-    frame: Frame
-    rgb: np.ndarray
+    frame: Frame  # its RGB is converted once and kept (Frame.rgb)
     means: np.ndarray  # the frame's cell means (unchanged-scene check)
     key: tuple  # (caption prompt, generation params)
 
@@ -285,7 +284,7 @@ class Worker:
             return
         camera, frame = work.camera, work.frame
         answer.timings.queue_s = time.monotonic() - frame.received - answer.timings.total_s
-        self._scenes[camera] = _Scene(work.means, work.rgb, answer, work.key)
+        self._scenes[camera] = _Scene(work.means, frame.rgb, answer, work.key)
         with self._cv:
             self.stats[camera].captions += 1
             self._last_timings = answer.timings
@@ -320,7 +319,7 @@ class Worker:
             return
         try:
             batch.add(rgb, self.caption_prompt, self.caption_params, cancel=self._stopping,
-                      tag=_Caption(camera, frame, rgb, means, key))
+                      tag=_Caption(camera, frame, means, key))
         except Exception as e:  # an engine failure: log, keep captioning the next frames
             with self._cv:
                 self._captioning.discard(camera)

@@ -49,8 +49,7 @@ class Batch:
     def __init__(self, vlm):
         self.vlm = vlm
         self.sequences: List[Sequence] = []
-        # Since the batch was made: decoder steps, tokens they produced (one per row), their time.
-        self.steps = 0
+        # Since the batch was made: tokens its decoder steps produced (one per row), and their time.
         self.decode_tokens = 0
         self.decode_s = 0.0
 
@@ -89,7 +88,6 @@ class Batch:
             t0 = time.perf_counter()
             logits = self.vlm.decoder.step([s.row for s in running], self.vlm.table[tokens])
             seconds = time.perf_counter() - t0
-            self.steps += 1
             self.decode_tokens += len(running)
             self.decode_s += seconds
             for seq, row_logits in zip(running, logits):

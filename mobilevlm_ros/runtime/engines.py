@@ -99,7 +99,6 @@ class DecoderEngine:
         logits_dtype = self._dtype(outputs[io["logits"]])
 
         on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
-        self.rows = rows
         shape = (rows, m["num_kv_heads"], self.max_length, m["head_dim"])
         self.kv_bytes_per_position = (2 * layers * m["num_kv_heads"] * m["head_dim"]
                                       * np.dtype(kv_dtype).itemsize)

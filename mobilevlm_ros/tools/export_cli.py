@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate", metavar="SRC",
                    help="calibrated configurations (GPTQ): calibrate on a rosbag's camera frames (with the "
                         "caption prompt and the bag's questions), a folder of images, or a text file "
-                        "(default: demo scenes and the package's own documentation)")
+                        "(default: demo scenes and the package's calibration prose)")
     p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
     a = p.parse_args(argv)
     if bool(a.src) == bool(a.synthetic):

@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--defaults", action="store_true",
                    help="score only what a plain mobilevlm-export builds: fp32, the int8 and int4 defaults")
     p.add_argument("--calibrate", metavar="TEXT",
-                   help="text file that calibrates the GPTQ rows (default: the package's own documentation); "
+                   help="text file that calibrates the GPTQ rows (default: the package's calibration prose); "
                         "refused when it overlaps the corpus")
     p.add_argument("--shape", metavar="NAME",
                    help="also measure bytes read per token and decode speed of each configuration on a "
