@@ -181,6 +181,16 @@ def test_compare_pairs_runs_of_different_node_names(namespaced_run, first_run, t
 @pytest.fixture
 def running_node(engine):
     """A VLM node started apart from the replay, as /replay_test/eyes (own context: as another process)."""
+    yield from _running_node(engine)
+
+
+@pytest.fixture
+def remapped_node(engine):
+    """/replay_test/eyes with its camera input remapped, as a launch file on a robot would."""
+    yield from _running_node(engine, ["--ros-args", "-r", "front/image_raw:=/robot_camera/color/raw"])
+
+
+def _running_node(engine, cli_args=None):
     import threading
 
     import rclpy
@@ -192,7 +202,8 @@ def running_node(engine):
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    node = VLMNode(name="eyes", namespace="/replay_test", context=context, parameter_overrides=[
+    node = VLMNode(name="eyes", namespace="/replay_test", context=context, cli_args=cli_args,
+                   parameter_overrides=[
         Parameter("engine_dir", value=engine), Parameter("cameras", value=["front"]),
         Parameter("caption_rate_hz", value=30.0), Parameter("qos_reliability", value="reliable"),
         Parameter("qos_depth", value=10), Parameter("max_queue", value=8)])
@@ -219,6 +230,68 @@ def test_replay_talks_to_a_running_node_by_its_name(running_node, tmp_path):
     assert summary["captions"] == len(_frames(DEMO_BAG)) and summary["answers"] == _questions(), summary
     assert set(bags.topics(out)) == {"/replay_test/eyes/caption", "/replay_test/eyes/answers",
                                  "/replay_test/eyes/annotated"}
+
+
+def test_replay_follows_the_inputs_a_remapped_node_reports(remapped_node, tmp_path):
+    out = str(tmp_path / "out")
+    summary = R.replay(DEMO_BAG, out, None, rate=0, quiet=True, node=remapped_node)
+    assert summary["captions"] == len(_frames(DEMO_BAG)), summary
+
+
+def test_camera_topic_flag_sends_frames_where_it_says(remapped_node, tmp_path):
+    import rclpy
+
+    from mobilevlm_ros.ros.player import reported_inputs
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        # No diagnostics of a node of that name: nothing reported (the replay falls back to the flags).
+        node = rclpy.create_node("probe", context=context)
+        assert reported_inputs(node, "/nobody/vlm", timeout=1.5) == {}
+    finally:
+        rclpy.try_shutdown(context=context)
+    with pytest.raises(ValueError, match=r"names camera\(s\) \['rear'\] that bag .* has \['front'\]"):
+        R.replay(DEMO_BAG, str(tmp_path / "x"), None, rate=0, quiet=True, node=remapped_node,
+                 camera_topics={"rear": "/rear"})
+    out = str(tmp_path / "out")
+    summary = R.replay(DEMO_BAG, out, None, rate=0, quiet=True, node=remapped_node,
+                       camera_topics={"front": "/robot_camera/color/raw"})
+    assert summary["captions"] == len(_frames(DEMO_BAG)), summary
+
+
+def test_camera_topic_flag_is_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        R.main([DEMO_BAG, "--out", str(tmp_path / "o"), "--camera-topic", "front:/x"])
+    assert "expected CAMERA=/absolute/topic" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stopped_replay_leaves_a_readable_bag_of_what_it_recorded(signum, status, engine, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "out")
+    proc = subprocess.Popen([sys.executable, "-m", "mobilevlm_ros.tools.replay", DEMO_BAG, "--engine", engine,
+                             "--rate", "1", "--out", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    printed = []
+    try:
+        while len([line for line in printed if line.startswith("[")]) < 3:  # three captions in
+            line = proc.stdout.readline()
+            assert line, f"replay ended early: {proc.wait()} {proc.stderr.read()}"
+            printed.append(line)
+        proc.send_signal(getattr(signal, signum))
+        assert proc.wait(timeout=60) == status
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert "what was recorded up to then is in" in err, err
+    captions = [bags.deserialize(t, raw) for _, t, _, raw in bags.read(out, {"/vlm/caption"})]
+    assert 3 <= len(captions) < len(_frames(DEMO_BAG))
+    assert [report.caption_text(c) for c in captions[:3]] == [line.rstrip("\n") for line in printed
+                                                               if line.startswith("[")][:3]
 
 
 @pytest.mark.parametrize("name, reason", [

@@ -88,7 +88,7 @@ class VLMNode(LifecycleNode):
         self.model_id = ""
         self._state = "unconfigured"
         self._group = ReentrantCallbackGroup()
-        self._subs = []
+        self._subs = {}  # camera -> its image subscription (topic_name: the input after remapping)
         self._service = None
         self._action = None
         self._diag_timer = None
@@ -235,9 +235,9 @@ class VLMNode(LifecycleNode):
                    "also receives from reliable publishers).")
             events = SubscriptionEventCallbacks(
                 incompatible_qos=self._on_incompatible_qos(topic, qos, "subscribes", fix))
-            self._subs.append(self.create_subscription(
+            self._subs[camera] = self.create_subscription(
                 msg_type, topic, lambda m, c=camera, k=check, f=to_rgb: self._on_frame(c, m, k, f), qos,
-                event_callbacks=events))
+                event_callbacks=events)
         self.worker.start()
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
         self._state = "active"
@@ -249,9 +249,9 @@ class VLMNode(LifecycleNode):
         super().on_deactivate(state)  # outputs off first: nothing is published from here on
         self._state = "inactive"
         self.worker.stop("node deactivated")
-        for sub in self._subs:
+        for sub in self._subs.values():
             self.destroy_subscription(sub)
-        self._subs = []
+        self._subs = {}
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
@@ -459,6 +459,8 @@ class VLMNode(LifecycleNode):
             values.update({f"{cam}.frames_received": st.received, f"{cam}.frames_dropped": st.dropped,
                            f"{cam}.frames_refused": st.refused, f"{cam}.captions": st.captions,
                            f"{cam}.captions_reused": st.reused})
+            if cam in self._subs:  # where a replay (or a person) must publish this camera's frames
+                values[f"{cam}.topic"] = self._subs[cam].topic_name
             if st.received == 0:
                 stale.append(cam)
         t = snap.last_timings

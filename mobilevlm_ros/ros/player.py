@@ -1,8 +1,9 @@
 """The input side of mobilevlm-replay: a bag's frames and questions as timed events, played into a node.
 
-Frames go to the node's camera inputs (<node's namespace>/<camera>/image_raw[/compressed], the names the
-node subscribes to), questions to its ~/ask service; both are built from the node's fully qualified
-name. The bag's questions come from bags.QUESTIONS_TOPIC, a convention of the bag, not the node's name.
+Frames go to the node's camera inputs: the topics a running node reports on /diagnostics ("<camera>.topic",
+after its remaps), or given by the user, else the names an unremapped node subscribes to
+(<node's namespace>/<camera>/image_raw[/compressed]). Questions go to the node's ~/ask service. The bag's
+questions come from bags.QUESTIONS_TOPIC, a convention of the bag, not the node's name.
 """
 
 from __future__ import annotations
@@ -140,19 +141,47 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.01)
 
 
-class Player:
-    """Publishes a bag's frames to the node `node` (fully qualified name) and asks its questions."""
+def default_inputs(node: str, transports: Dict[str, str]) -> Dict[str, str]:
+    """camera -> the topic a node named `node` subscribes to without remaps."""
+    namespace = split_node_name(node)[0].rstrip("/")
+    return {cam: f"{namespace}/{cam}/image_raw" + ("/compressed" if transport == "compressed" else "")
+            for cam, transport in transports.items()}
 
-    def __init__(self, ros_node, node: str, transports: Dict[str, str]):
-        namespace = split_node_name(node)[0].rstrip("/")
+
+def reported_inputs(ros_node, node: str, timeout: float) -> Dict[str, str]:
+    """camera -> input topic, as the running node `node` reports them on /diagnostics (its remaps
+    applied); {} when no diagnostics of that node arrive within `timeout` seconds."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    found: Dict[str, str] = {}
+
+    def on_diagnostics(msg) -> None:
+        for status in msg.status:
+            if status.name.split(": ")[0] == node:
+                found.update({kv.key[:-len(".topic")]: kv.value for kv in status.values
+                              if kv.key.endswith(".topic")})
+
+    sub = ros_node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    try:
+        wait_until(lambda: bool(found), timeout, "")
+    except RuntimeError:
+        pass
+    finally:
+        ros_node.destroy_subscription(sub)
+    return dict(found)
+
+
+class Player:
+    """Publishes a bag's frames to the node `node` (fully qualified name) and asks its questions.
+    `inputs`: camera -> the topic the node takes that camera's frames on."""
+
+    def __init__(self, ros_node, node: str, transports: Dict[str, str], inputs: Dict[str, str]):
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # a replay drops nothing
         self.node = node
         self.publishers = {}
         for cam, transport in transports.items():
-            compressed = transport == "compressed"
-            topic = f"{namespace}/{cam}/image_raw" + ("/compressed" if compressed else "")
-            msg_class = CompressedImage if compressed else Image
-            self.publishers[cam] = ros_node.create_publisher(msg_class, topic, reliable)
+            msg_class = CompressedImage if transport == "compressed" else Image
+            self.publishers[cam] = ros_node.create_publisher(msg_class, inputs[cam], reliable)
         self.ask_client = ros_node.create_client(Ask, f"{node}/ask")
 
     def wait_for_node(self, timeout: float = 30.0) -> None:

@@ -1,21 +1,25 @@
 """mobilevlm-replay: play a bag into the VLM node over real topics and record what it says.
 
   mobilevlm-replay IN_BAG --out OUT_BAG [--engine DIR] [--node /vlm] [--rate 1.0] [--questions FILE.json]
-                   [--annotated] [--frames-png STRIP.png] [--compare EXPECTED_BAG]
+                   [--camera-topic CAMERA=TOPIC ...] [--annotated] [--frames-png STRIP.png]
+                   [--compare EXPECTED_BAG]
 
 `--node NAME` is the fully qualified name of the VLM node (default /vlm; e.g. /robot1/vlm for a node
 started with the launch file's namespace:=robot1). With `--engine DIR` the replay starts that node
 itself, in this process, under that name; without it, it talks to a running node of that name.
 Camera frames (sensor_msgs/Image or CompressedImage topics of the bag) are published to the node's
-camera inputs, <namespace of NAME>/<camera>/image_raw (or .../image_raw/compressed), with their
-recorded timing (`--rate 2` twice as fast; `--rate 0` as fast as the node keeps up: each frame is
-published once the previous one has been captioned, so every frame gets a caption). Questions
+camera inputs: the topics a running node reports on /diagnostics (so its remaps are followed), or
+`--camera-topic front=/robot1/camera/color/image_raw`, else <namespace of NAME>/<camera>/image_raw
+(or .../image_raw/compressed); with their recorded timing (`--rate 2` twice as fast; `--rate 0` as
+fast as the node keeps up: each frame is published once the previous one has been captioned, so every
+frame gets a caption). Questions
 come from the bag's /vlm/questions topic (std_msgs/String, JSON {"camera", "question", "truth"?})
 or a side file (JSON list of {"t": seconds from the start, "camera", "question"}), and are asked
 through the node's NAME/ask service. Captions, answers (and annotated frames with --annotated) are
 written to OUT_BAG as NAME/caption, NAME/answers (and NAME/annotated) with our message definitions
 embedded. `--compare EXPECTED_BAG` reports text changes and box IoU against an earlier run (also one
-recorded under another node name) and exits 1 past the tolerance.
+recorded under another node name) and exits 1 past the tolerance. Stopped by Ctrl-C or SIGTERM, it
+still writes OUT_BAG with everything recorded up to then (exit status 130 or 143).
 """
 
 from __future__ import annotations
@@ -24,39 +28,67 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
 from typing import Dict, Optional
 
 DISCOVERY_SETTLE_S = 0.5  # after both sides report matched endpoints, before the first frame
+REPORTED_INPUTS_TIMEOUT_S = 5.0  # a running node publishes /diagnostics every diagnostics_period_s (1 s)
 
 
 def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
            questions: Optional[str] = None, annotated: bool = False, max_new_tokens: int = 48,
            storage: str = "sqlite3", quiet: bool = False, node: str = "/vlm",
-           change_threshold: Optional[float] = None) -> dict:
+           change_threshold: Optional[float] = None, camera_topics: Optional[Dict[str, str]] = None,
+           domain_id: Optional[int] = None, threads: int = 0) -> dict:
     """Play `in_bag` into the node `node` (started here on `engine` if given), record its outputs to
-    `out_bag`; the summary (report.summary)."""
+    `out_bag`; the summary (report.summary). `camera_topics` (camera -> topic) overrides where frames
+    go; else a running node's own report of its inputs, else the default names. `domain_id`: the ROS
+    domain of this replay (default: ROS_DOMAIN_ID). Interrupted (KeyboardInterrupt), it still writes
+    `out_bag` with everything recorded so far, then re-raises."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from ..ros import report
-    from ..ros.player import Player, camera_transports, load_events
+    from ..ros.player import Player, camera_transports, default_inputs, load_events, reported_inputs
     from ..ros.recorder import Recorder
 
     events, image_topics = load_events(in_bag, questions)
     transports = camera_transports(events, image_topics)
+    unknown = sorted(set(camera_topics or {}) - set(transports))
+    if unknown:
+        raise ValueError(f"--camera-topic names camera(s) {unknown} that bag {in_bag} does not have "
+                         f"(it has {sorted(transports)})")
     context = rclpy.Context()  # our own: the caller may have rclpy running already
-    rclpy.init(context=context)
-    vlm = replay_node = executor = spin = None
+    # No rclpy signal handlers: Ctrl-C / SIGTERM must unwind through the finally below (the bag is written).
+    rclpy.init(context=context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+    vlm = replay_node = executor = spin = recorder = None
+    timing_errors = []
     try:
         if engine:
-            vlm = _start_vlm_node(node, engine, transports, max_new_tokens, context, change_threshold)
+            vlm = _start_vlm_node(node, engine, transports, max_new_tokens, context, change_threshold,
+                                  threads)
         replay_node = rclpy.create_node("mobilevlm_replay", context=context)
-        player = Player(replay_node, node, transports)
         recorder = Recorder(replay_node, node, annotated,
                             on_caption=None if quiet else lambda c: print(report.caption_text(c), flush=True))
+        executor = MultiThreadedExecutor(num_threads=16, context=context)
+        for n in (vlm, replay_node):
+            if n is not None:
+                executor.add_node(n)
+        spin = threading.Thread(target=executor.spin, daemon=True)
+        spin.start()
+        inputs = default_inputs(node, transports)
+        if not engine and set(camera_topics or {}) != set(transports):  # a running node says where
+            reported = reported_inputs(replay_node, node, timeout=REPORTED_INPUTS_TIMEOUT_S)
+            if not reported and not quiet:
+                print(f"note: no /diagnostics from {node}; publishing to {sorted(inputs.values())}",
+                      file=sys.stderr)
+            inputs.update({cam: topic for cam, topic in reported.items() if cam in inputs})
+        inputs.update(camera_topics or {})
+        player = Player(replay_node, node, transports, inputs)
 
         def on_response(q: dict, response) -> None:
             if not response.success:
@@ -66,12 +98,6 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
             if not quiet:
                 print(report.answer_text(q, response.answer), flush=True)
 
-        executor = MultiThreadedExecutor(num_threads=16, context=context)
-        for n in (vlm, replay_node):
-            if n is not None:
-                executor.add_node(n)
-        spin = threading.Thread(target=executor.spin, daemon=True)
-        spin.start()
         player.wait_for_node(timeout=30)
         recorder.wait_for_node(timeout=10)
         # DDS matches each side on its own: our reader can see the node's caption writer before that
@@ -91,12 +117,13 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
         if replay_node is not None:
             replay_node.destroy_node()
         rclpy.try_shutdown(context=context)
-    recorder.write(out_bag, storage)
+        if recorder is not None:  # also when interrupted: what was recorded up to then
+            recorder.write(out_bag, storage)
     return report.summary(events, recorder.captions, recorder.answers, timing_errors)
 
 
 def _start_vlm_node(node: str, engine: str, transports: Dict[str, str], max_new_tokens: int, context,
-                    change_threshold: Optional[float] = None):
+                    change_threshold: Optional[float] = None, threads: int = 0):
     """The VLM node named `node`, configured for the bag's cameras and active. Reliable camera QoS, a
     deep queue and captions as fast as it can: a replay wants every frame it can get captioned."""
     from rclpy.lifecycle import TransitionCallbackReturn
@@ -112,7 +139,7 @@ def _start_vlm_node(node: str, engine: str, transports: Dict[str, str], max_new_
         Parameter("transports", value=[transports[c] for c in cameras]),
         Parameter("caption_rate_hz", value=30.0), Parameter("max_new_tokens", value=max_new_tokens),
         Parameter("qos_reliability", value="reliable"), Parameter("qos_depth", value=10),
-        Parameter("max_queue", value=8)]
+        Parameter("max_queue", value=8), Parameter("threads", value=int(threads))]
         + ([] if change_threshold is None
            else [Parameter("change_threshold", value=float(change_threshold))]))
     if (vlm.trigger_configure() != TransitionCallbackReturn.SUCCESS
@@ -134,6 +161,23 @@ def _node_name(value: str) -> str:
     return value
 
 
+def _camera_topic(value: str) -> tuple:
+    """argparse type of --camera-topic: CAMERA=TOPIC (an absolute topic name)."""
+    camera, sep, topic = value.partition("=")
+    if not sep or not camera or not topic.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected CAMERA=/absolute/topic, "
+                                         "e.g. front=/robot1/camera/color/image_raw")
+    return camera, topic
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the replay unwinds and writes its bag."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-replay", description=__doc__.split("\n\n")[0])
     p.add_argument("bag", help="input bag (rosbag2 directory, sqlite3 or MCAP)")
@@ -144,6 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output bag to create")
     p.add_argument("--rate", type=float, default=1.0, help="playback speed; 0: as fast as the node keeps up")
     p.add_argument("--questions", help="JSON side file of questions: [{t, camera, question}]")
+    p.add_argument("--camera-topic", type=_camera_topic, action="append", default=[], metavar="CAMERA=TOPIC",
+                   help="publish CAMERA's frames to TOPIC (repeatable; default: what a running node reports "
+                        "on /diagnostics, else <namespace of --node>/CAMERA/image_raw)")
     p.add_argument("--annotated", action="store_true", help="also record the node's annotated frames")
     p.add_argument("--frames-png", metavar="PNG", help="write the annotated frames as one strip image")
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -166,10 +213,11 @@ def main(argv=None) -> int:
         shutil.rmtree(a.out)
     from ..ros import report
 
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         summary = replay(a.bag, a.out, a.engine, a.rate, a.questions, a.annotated or bool(a.frames_png),
                          a.max_new_tokens, a.storage, quiet=a.json, node=a.node,
-                         change_threshold=a.change_threshold)
+                         change_threshold=a.change_threshold, camera_topics=dict(a.camera_topic))
         if a.frames_png:
             summary["frames_png"] = report.write_strip(a.out, a.frames_png)
         if a.compare:
@@ -177,6 +225,12 @@ def main(argv=None) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         print(f"mobilevlm-replay: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        stopped = "terminated" if isinstance(e, Terminated) else "interrupted"
+        written = (f"what was recorded up to then is in {a.out}" if os.path.exists(a.out)
+                   else "nothing written")
+        print(f"mobilevlm-replay: {stopped}; {written}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     if a.json:
         print(json.dumps(summary, indent=2))
     else:
