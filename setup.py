@@ -44,6 +44,8 @@ setup(
             # (quant_method "olive") that onnxruntime-genai 0.18's builder reads; pinned together.
             "olive-ai==0.13.0",
         ],
+        # mobilevlm-regress: bags replayed as Ray tasks (a workstation or a cluster, not the robot).
+        "fleet": ["ray==2.60.0", "tqdm>=4.60"],
         # ruff pinned: `make test` lints with it, and its rules change between releases.
         "test": ["pytest>=8", "ruff==0.17.6"],
     },
@@ -54,6 +56,7 @@ setup(
             "mobilevlm-bench = mobilevlm_ros.tools.bench.cli:main",
             "mobilevlm-quality = mobilevlm_ros.tools.quality:main",
             "mobilevlm-replay = mobilevlm_ros.tools.replay:main",
+            "mobilevlm-regress = mobilevlm_ros.tools.regress:main",
             "mobilevlm-demo-bag = mobilevlm_ros.tools.demo_bag:main",
             "vlm_node = mobilevlm_ros.ros.node:main",
         ]
