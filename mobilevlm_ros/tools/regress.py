@@ -27,6 +27,7 @@ output stays, `--resume` skips them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -152,7 +153,7 @@ def run(a: argparse.Namespace) -> int:
     def on_done(pair: runner.Pair, result: Optional[dict], error: Optional[str]) -> None:
         if error is not None:
             errors.setdefault(pair.bag, f"{pair.side}: {error}")
-            bar.write(f"{pair.key}: failed ({pair.side}): {error}")
+            bar.write(f"{pair.key}: failed ({pair.side}): {error}", file=sys.stderr)
         else:
             runner.save_done(pair, result)
             records[(pair.bag, pair.side)] = result
@@ -161,11 +162,13 @@ def run(a: argparse.Namespace) -> int:
             bar.update(1)
 
     start = time.monotonic()
-    if a.serial:
-        ray_facts = {"address": "-", "cluster_cpus": None, "nodes": 1}
-        runner.run_serial(todo, a.threads, a.max_new_tokens, on_done)
-    else:
-        ray_facts = runner.run_ray(todo, a.workers, a.threads, a.max_new_tokens, a.address, on_done)
+    # stdout carries the result alone (--json): what Ray says meanwhile (a worker died...) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        if a.serial or not todo:  # nothing left to run (--resume of a finished run): no Ray to start
+            ray_facts = {"address": "-", "cluster_cpus": None, "nodes": 0}
+            runner.run_serial(todo, a.threads, a.max_new_tokens, on_done)
+        else:
+            ray_facts = runner.run_ray(todo, a.workers, a.threads, a.max_new_tokens, a.address, on_done)
     wall = time.monotonic() - start
     bar.close()
 
