@@ -4,6 +4,8 @@
     demo      the scene world: the runtime and OpenCV
     ros       the node, worker, bridge, bags, replay: rclpy and the runtime, never torch
     model     the export side: torch and the runtime, no ROS
+    regress   mobilevlm-regress's replays on Ray, comparison and report: the ROS layer and the runtime
+              (rclpy and Ray imported when a run starts), never torch
     tools     console entry points: they import their layer when they run, so even the export
               and ROS tools load (and print --help) without torch or rclpy
 The demo trainer (training/, torch) is not part of the package: nothing in it may import it.
@@ -18,13 +20,17 @@ import sys
 import pytest
 
 ABOVE_RUNTIME = ["mobilevlm_ros.ros", "mobilevlm_ros.model", "mobilevlm_ros.tools", "mobilevlm_ros.demo",
-                 "training"]
+                 "mobilevlm_ros.regress", "training"]
 LAYERS = {
     "mobilevlm_ros.runtime": ["rclpy", "torch", "transformers", "cv2", *ABOVE_RUNTIME],
     "mobilevlm_ros.demo": ["rclpy", "torch", "transformers", "mobilevlm_ros.ros", "mobilevlm_ros.model",
-                           "mobilevlm_ros.tools", "training"],
-    "mobilevlm_ros.ros": ["torch", "transformers", "mobilevlm_ros.model", "mobilevlm_ros.tools", "training"],
-    "mobilevlm_ros.model": ["rclpy", "mobilevlm_ros.ros", "mobilevlm_ros.tools", "training"],
+                           "mobilevlm_ros.tools", "mobilevlm_ros.regress", "training"],
+    "mobilevlm_ros.ros": ["torch", "transformers", "mobilevlm_ros.model", "mobilevlm_ros.tools",
+                          "mobilevlm_ros.regress", "training"],
+    "mobilevlm_ros.model": ["rclpy", "mobilevlm_ros.ros", "mobilevlm_ros.tools", "mobilevlm_ros.regress",
+                            "training"],
+    "mobilevlm_ros.regress": ["rclpy", "ray", "torch", "transformers", "mobilevlm_ros.model",
+                              "mobilevlm_ros.tools", "training"],
     "mobilevlm_ros.tools": ["rclpy", "torch", "transformers", "training"],
 }
 

@@ -21,9 +21,9 @@ pytest.importorskip("ray", reason="Ray is not installed: run `make setup` (pip i
 from mobilevlm_ros.regress import bag_paths, runner  # noqa: E402
 from mobilevlm_ros.regress import compare as C  # noqa: E402
 from mobilevlm_ros.regress.task import read_records  # noqa: E402
+from mobilevlm_ros.ros.replay import replay  # noqa: E402
 from mobilevlm_ros.tools import regress as R  # noqa: E402
 from mobilevlm_ros.tools.demo_bag import record  # noqa: E402
-from mobilevlm_ros.tools.replay import replay  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ENGINE = os.path.join(ROOT, "engines", "demo")

@@ -134,7 +134,7 @@ def _frame(key: str, frame: dict, rgb) -> str:
                 f"{p['phrase'] or '-'} IoU {p['iou']:.2f}" if p["iou"] is not None
                 else f"{p['phrase'] or '-'} on {p['side']} only" for p in a["boxes"])
         rows.append(_text_row(f"Q: {a['question']}{extra}", a))
-    table = ("<table><tr><th>what</th><th>candidate</th><th>baseline</th><th>similarity</th></tr>"
+    table = ("<table><tr><th>what</th><th>candidate</th><th>baseline</th><th>similarity / IoU</th></tr>"
              + "".join(rows) + "</table>")
     return f"<div class='frame'><h3>{_e(title)}</h3>{pics}{table}</div>"
 
@@ -142,9 +142,11 @@ def _frame(key: str, frame: dict, rgb) -> str:
 def _text_row(what: str, item: dict) -> str:
     cls = "missing" if item.get("missing") else ("changed" if item["changed"] else "")
     cand, base = item["candidate_text"], item["baseline_text"]
+    ious = [p["iou"] or 0.0 for p in item.get("boxes", [])]
+    # a grounded answer's text is its boxes' coordinates: its likeness is theirs
+    likeness = f"IoU {min(ious):.2f}" if item.get("grounded") and ious else f"{item['similarity']:.2f}"
     return (f"<tr class='{cls}'><td>{_e(what)}</td><td class='text'>{_e(_or_missing(cand))}</td>"
-            f"<td class='text'>{_e(_or_missing(base))}</td>"
-            f"<td class='num'>{item['similarity']:.2f}</td></tr>")
+            f"<td class='text'>{_e(_or_missing(base))}</td><td class='num'>{likeness}</td></tr>")
 
 
 def _draw(rgb, boxes: List[dict]):

@@ -33,7 +33,7 @@ def replay_pair(bag: str, engine: str, pair_dir: str, domain_id: int, threads: i
     """Replay `bag` through `engine` in ROS domain `domain_id` (discovery on this host only), the
     output bag to <pair_dir>/bag; the records. Errors (an unreadable bag, no camera topic, a bad
     engine) raise: the caller reports the bag and goes on."""
-    from ..tools.replay import replay
+    from ..ros.replay import replay
 
     # Isolation from every other task: its own domain, and DDS discovery kept on this host (rcl reads
     # both at init, in this process).

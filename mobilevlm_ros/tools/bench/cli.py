@@ -7,6 +7,7 @@
   mobilevlm-bench --synthetic v2-1.7b --profile            # one caption by stage and operator
   mobilevlm-bench --kernels                                # the CPU matrix kernels, side by side
   mobilevlm-bench --node [ENGINE_DIR] [--cameras 1 4] ...   # the node under a fixed camera load
+  mobilevlm-bench --regress [ENGINE_DIR] [--bags 8]         # mobilevlm-regress serially vs on Ray
 
 Prints, for our engine and for the transformers PyTorch fp32 reference: vision ms, prefill tokens/s,
 decode tokens/s, time to first token, end-to-end caption latency (N new tokens), peak RSS; and the
@@ -65,7 +66,14 @@ def main(argv=None) -> int:
                       help="the node's change_threshold (0: every caption runs inference)")
     node.add_argument("--max-batch", type=int, nargs="+", default=[1, 4],
                       help="the node's max_batch values to run (1: one answer at a time, the baseline)")
+    from .regress import add_arguments as add_regress_arguments
+
+    add_regress_arguments(p)
     a = p.parse_args(argv)
+    if a.regress:
+        from . import regress
+
+        return regress.main(a)
     if a.node:
         from . import node
 
