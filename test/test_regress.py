@@ -353,3 +353,34 @@ def test_report_renders_in_chromium(ray_run, tmp_path):
     assert red.sum() > 500
     if os.environ.get("MOBILEVLM_KEEP_SCREENSHOT"):  # to look at it
         shutil.copy(shot, os.environ["MOBILEVLM_KEEP_SCREENSHOT"])
+
+
+def test_address_joins_a_running_cluster(fleet, tmp_path):
+    """`ray start --head` as on a cluster's head machine; the run joins it with --address."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the head's GCS
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        out = str(tmp_path / "o")
+        cmd = [sys.executable, "-m", "mobilevlm_ros.tools.regress", os.path.join(fleet["bags"], "robot1"),
+               "--engine", DEMO_ENGINE, "--out", out, "--address", f"127.0.0.1:{port}", "--json"]
+        for _ in range(30):  # until the head is up
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if "Failed to connect" not in done.stderr and "Could not find any running" not in done.stderr:
+                break
+            shutil.rmtree(out, ignore_errors=True)
+            time.sleep(1)
+        assert done.returncode == 0, done.stderr[-2000:]
+        s = json.loads(done.stdout)
+        assert (s["executor"], s["address"], s["ray_nodes"], s["ray_cluster_cpus"]) == (
+            "ray", f"127.0.0.1:{port}", 1, 2.0)
+        assert s["bags"][0]["status"] == "ok" and s["bags"][0]["replay"]["candidate"]["captions"] == 3
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: stopping it stops this head's processes only
+        head.wait(timeout=60)

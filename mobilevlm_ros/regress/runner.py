@@ -74,6 +74,11 @@ def run_serial(pairs: List[Pair], threads: int, max_new_tokens: int,
 def run_ray(pairs: List[Pair], workers: int, threads: int, max_new_tokens: int, address: Optional[str],
             on_done: Callable[[Pair, Optional[dict], Optional[str]], None]) -> Dict[str, object]:
     """The pairs as Ray tasks, `workers` at a time; what Ray ran on (address, CPUs)."""
+    if address and "RAY_AUTH_MODE" not in os.environ and _has_ray_token():
+        # `ray start --head` (2.59+) turns token auth on when a token exists, but ray.init(address=...)
+        # sends it only in token mode (ray-project/ray#64755 review): without this, "InvalidAuthToken".
+        # Read when ray is first imported: set before.
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     init_args = {"address": address} if address else {"num_cpus": os.cpu_count()}
@@ -106,6 +111,12 @@ def run_ray(pairs: List[Pair], workers: int, threads: int, max_new_tokens: int, 
         for ref in in_flight:  # interrupted (Ctrl-C): no replay left running
             ray.cancel(ref, force=True)
         ray.shutdown()
+
+
+def _has_ray_token() -> bool:
+    """Whether Ray finds a cluster token here (its own places: env, RAY_AUTH_TOKEN_PATH, ~/.ray)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
 def _one_line(e: BaseException) -> str:
