@@ -81,7 +81,9 @@ def run_ray(pairs: List[Pair], workers: int, threads: int, max_new_tokens: int, 
         os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
-    init_args = {"address": address} if address else {"num_cpus": os.cpu_count()}
+    # "local": a new instance sized to this machine, even where `ray start` left a cluster (or its
+    # stale address file): a plain ray.init() would join that one instead.
+    init_args = {"address": address} if address else {"address": "local", "num_cpus": os.cpu_count()}
     ray.init(**init_args, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     in_flight: Dict[object, tuple] = {}  # ObjectRef -> (pair, its domain)
     try:
