@@ -1,8 +1,8 @@
-"""Calibrated quantization (GPTQ through Olive) and its calibration data.
+"""Calibrated quantization (GPTQ and AutoClip through Olive) and its calibration data.
 
 The exporter's calibrated engines are deterministic and hold exactly the quantization they claim;
 calibration from a bag runs the checkpoint's vision tower on the bag's frames; a calibration text that
-overlaps the evaluation text is refused; and GPTQ's engine agrees with fp32 at least as well as plain
+overlaps the evaluation text is refused; and a calibrated engine agrees with fp32 at least as well as plain
 rounding of the same bits and block, on the same inputs.
 """
 
@@ -94,6 +94,22 @@ def test_calibrated_export_is_deterministic_and_has_the_quantization_it_claims(c
     assert row["decode_tok_s"] > 0 and row["calibration"] is None
 
 
+def test_autoclip_export_is_deterministic_and_has_the_quantization_it_claims(checkpoints, tmp_path,
+                                                                              calibrated_text_file):
+    ckpt = checkpoints("tiny")
+    name = "int4 AutoClip block 32, lm_head int8"
+    a = _export(ckpt, tmp_path / "a", name, calibrated_text_file)
+    b = _export(ckpt, tmp_path / "b", name, calibrated_text_file)
+    assert _sha(os.path.join(a, "decoder.onnx.data")) == _sha(os.path.join(b, "decoder.onnx.data"))
+    with open(os.path.join(a, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["calibration"]["sha256"] == _sha(calibrated_text_file)
+    matmuls = _matmuls(a)
+    assert len(matmuls) == 7 * manifest["model"]["num_layers"] + 1
+    for node, quant in matmuls.items():
+        assert quant == ((8, 32, False) if node == "/lm_head/MatMulNBits" else (4, 32, False)), node
+
+
 def test_asymmetric_gptq_has_zero_points(checkpoints, tmp_path, calibrated_text_file):
     engine = _export(checkpoints("tiny"), tmp_path / "asym", "int4 GPTQ block 32 asymmetric, lm_head int8",
                      calibrated_text_file)
@@ -157,8 +173,9 @@ def test_overlapping_calibration_text_is_refused(tmp_path):
     assert cal.overlap(cal.prose_text(), open(CORPUS).read()) == 0.0
 
 
-def test_gptq_agrees_with_fp32_at_least_as_well_as_rounding(checkpoints):
-    """Teacher-forced on the same windows: GPTQ's int4 block 32 against plain rounding's. GPTQ is
+@pytest.mark.parametrize("calibrated", ["int4 GPTQ block 32", "int4 AutoClip block 32"])
+def test_calibrated_agrees_with_fp32_at_least_as_well_as_rounding(checkpoints, calibrated):
+    """Teacher-forced on the same windows: a calibrated int4 block 32 against plain rounding's. It is
     calibrated on the second half of the text and scored on the first: what it promises is less
     output error on inputs like its calibration set (BENCHMARKS.md measures it across domains, where
     it can lose)."""
@@ -168,14 +185,14 @@ def test_gptq_agrees_with_fp32_at_least_as_well_as_rounding(checkpoints):
     half = len(text) // 2
     source = cal.Source("GPL-3, second half", text=text[half:])
     calibration = cal.text_calibration(lm.encode, lm.bos_id, source, count=32, seq_len=64)
-    configs = [c for c in CONFIGS if c.name in ("int4 block 32", "int4 GPTQ block 32")]
+    configs = [c for c in CONFIGS if c.name in ("int4 block 32", calibrated)]
     report = measure(lm, text[:half], tokens=256, window=64, configs=configs, threads=1, log=None,
                      calibration=calibration)
-    rtn, gptq = report["engines"]
-    assert rtn["name"] == "int4 block 32" and "error" not in gptq, gptq.get("error")
-    assert gptq["read_bytes"] == rtn["read_bytes"]  # the same layout: bits, block, no zero points
-    assert gptq["agreement"] >= rtn["agreement"]
-    assert gptq["calibration"]["samples"] == 32
+    rtn, cal_row = report["engines"]
+    assert rtn["name"] == "int4 block 32" and "error" not in cal_row, cal_row.get("error")
+    assert cal_row["read_bytes"] == rtn["read_bytes"]  # the same layout: bits, block, no zero points
+    assert cal_row["agreement"] >= rtn["agreement"]
+    assert cal_row["calibration"]["samples"] == 32
 
 
 def test_text_windows_and_sources(tmp_path):

@@ -37,7 +37,7 @@ from .reference import MobileVLM
 
 PRECISIONS, TARGETS = mf.PRECISIONS, mf.TARGETS
 # algo_config values that are not the builder's: weights quantized by a calibrated method first.
-CALIBRATED = ("gptq",)
+CALIBRATED = ("gptq", "autoclip")
 # The builder's quantization options mobilevlm-export uses for each precision. Chosen by measuring
 # quality on real trained weights (mobilevlm-quality, BENCHMARKS.md) against speed.
 # llama.cpp's mixed strategy as the builder does it: lm_head, and in the first and last eighth of
@@ -175,7 +175,7 @@ def gptq_llama_folder(fp32_folder: str, out: str, write_tokenizer: Callable[[str
 
     quantize(fp32_folder, out, samples, bits={"int4": 4, "int8": 8}[precision],
              block_size=int(quant["block_size"]), symmetric=bool(quant.get("is_symmetric", True)),
-             mixed=str(quant.get("matmul_mixed_precision", "")))
+             mixed=str(quant.get("matmul_mixed_precision", "")), method=str(quant["algo_config"]))
     write_tokenizer(out)
     return out
 

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 from typing import Dict, List, Optional
 
 import torch
@@ -29,6 +30,11 @@ _KEYS = itertools.count()
 # calibrated on the package's docstrings and scored on licence prose, 0.01 gave +54.6% perplexity and
 # 0.1 +38.0% (BENCHMARKS.md): more damping leans less on a calibration set unlike the text scored.
 DAMP = 0.1
+
+# AutoClip's search, cut to fit 2 cores: Olive's default (a 10 x 10 grid of shrinks in 5% steps, 512
+# tokens per matrix) took over 4 minutes per SmolLM2 layer here. A 6 x 6 grid (shrinks up to 30%)
+# over 128 tokens is about 11x less work.
+AUTOCLIP = {"n_grid": 20, "max_shrink": 0.3, "n_sample_token": 128}
 
 
 def sensitive_layers(num_layers: int) -> List[int]:
@@ -69,10 +75,13 @@ def calibration_samples(key: str) -> List[tuple]:
 
 
 def quantize(llama_folder: str, out: str, samples: Optional[List[dict]], bits: int, block_size: int,
-             symmetric: bool = True, mixed: str = "", damp: float = DAMP) -> str:
+             symmetric: bool = True, mixed: str = "", damp: float = DAMP, method: str = "gptq") -> str:
     """GPTQ of every Linear of the Llama in `llama_folder` (fp32 safetensors), lm_head included,
     calibrated on `samples` (dicts for the Llama's forward, batch 1); the olive checkpoint goes to
     `out`. Deterministic: the same weights and samples give the same checkpoint.
+    method "autoclip": Olive's AutoClip instead (activation-aware: per group, the clipping of the
+    weights whose rounded product with the calibration inputs is closest to the original's, AWQ's
+    clip search), then rounding to nearest.
     samples None: Olive's round-to-nearest pass instead, which writes the same layout (for measuring
     bytes and speed, which calibration does not change)."""
     try:
@@ -81,6 +90,7 @@ def quantize(llama_folder: str, out: str, samples: Optional[List[dict]], bits: i
         from olive.hardware.accelerator import AcceleratorSpec
         from olive.model import HfModelHandler
         from olive.passes.olive_pass import create_pass_from_dict
+        from olive.passes.pytorch.autoclip import AutoClip
         from olive.passes.pytorch.gptq import Gptq
         from olive.passes.pytorch.rtn import Rtn
     except ImportError as e:
@@ -92,25 +102,38 @@ def quantize(llama_folder: str, out: str, samples: Optional[List[dict]], bits: i
     options = {"bits": bits, "group_size": block_size, "sym": symmetric, "lm_head": True,
                "overrides": overrides(num_layers, bits, mixed) or None}
     key = f"set{next(_KEYS)}"
+    cpu = AcceleratorSpec("cpu", "CPUExecutionProvider")
+    passes = []  # (pass, its output folder), run in order
     if samples is None:
-        method = create_pass_from_dict(Rtn, options, disable_search=True,
-                                       accelerator_spec=AcceleratorSpec("cpu", "CPUExecutionProvider"))
+        passes.append((create_pass_from_dict(Rtn, options, disable_search=True, accelerator_spec=cpu), out))
     else:
         # Registering again replaces the entry: one dataset component, keyed samples.
         Registry.register_dataset("mobilevlm_calibration")(calibration_samples)
         _SAMPLES[key] = samples
-        options["damp_percent"] = damp
-        options["data_config"] = DataConfig(
+        data = DataConfig(
             name="mobilevlm_calibration",
             load_dataset_config={"type": "mobilevlm_calibration", "params": {"key": key}},
             dataloader_config={"type": "no_auto_batch_dataloader"})  # samples are batches of 1
-        method = create_pass_from_dict(Gptq, options, disable_search=True,
-                                       accelerator_spec=AcceleratorSpec("cpu", "CPUExecutionProvider"))
+        if method == "autoclip":  # clipped fp32 weights, then rounded to the same grid
+            clip = create_pass_from_dict(AutoClip, {**options, **AUTOCLIP, "data_config": data},
+                                         disable_search=True, accelerator_spec=cpu)
+            rtn = create_pass_from_dict(Rtn, options, disable_search=True, accelerator_spec=cpu)
+            passes += [(clip, out + "-clipped"), (rtn, out)]
+        elif method == "gptq":
+            gptq = create_pass_from_dict(Gptq, {**options, "damp_percent": damp, "data_config": data},
+                                         disable_search=True, accelerator_spec=cpu)
+            passes.append((gptq, out))
+        else:
+            raise ValueError(f"calibrated method {method!r}: gptq or autoclip")
     torch.manual_seed(0)
+    source = llama_folder
     try:
-        method.run(HfModelHandler(model_path=llama_folder), out)
+        for olive_pass, folder in passes:
+            olive_pass.run(HfModelHandler(model_path=source), folder)
+            source = folder
     finally:
         _SAMPLES.pop(key, None)
-        del method
+        del passes
         gc.collect()  # Olive's copy of the model (5.5 GB at 1.7B) goes before the builder starts
+        shutil.rmtree(out + "-clipped", ignore_errors=True)
     return out

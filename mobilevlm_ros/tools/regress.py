@@ -119,36 +119,50 @@ def main(argv=None) -> int:
 
 
 def run(a: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from ..regress import bag_paths, html_report, runner
-    from ..regress.compare import add_totals, compare_runs
+    """Replay, compare, write the summary and the report; the exit status."""
+    from ..regress import bag_paths, html_report
 
     bags = bag_paths.find_bags(a.bags)
     keys = bag_paths.bag_keys(bags)
-    engines = {"candidate": a.engine, "baseline": a.baseline}
-    identity = {side: _engine_identity(e) for side, e in engines.items() if e}
+    engines = {side: engine for side, engine in (("candidate", a.engine), ("baseline", a.baseline)) if engine}
+    identity = {side: _engine_identity(engine) for side, engine in engines.items()}
     if a.against and not os.path.isdir(os.path.join(a.against, "candidate")):
         raise ValueError(f"--against {a.against}: not the --out folder of an earlier mobilevlm-regress run")
     if os.path.exists(a.out) and os.listdir(a.out) and not a.resume:
         raise ValueError(f"--out {a.out} exists and is not empty: use --resume to continue it, "
                          "or another folder")
-    pairs = [runner.Pair(bag, keys[bag], side, engines[side], os.path.join(a.out, side, keys[bag]))
-             for bag in bags for side in SIDES if engines[side]]
-    records: Dict[tuple, dict] = {}  # (bag, side) -> records
-    errors: Dict[str, str] = {}  # bag -> why it failed
-    todo = []
+    records, errors, facts = _replay_all(a, bags, keys, engines, identity)
+    per_bag = _compare_all(a, bags, keys, records, errors)
+    summary = _summary(a, per_bag, facts, identity)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    report = a.report or os.path.join(a.out, "report.html")
+    html_report.write(report, summary, per_bag, _frames_to_show(per_bag, a.top), a.top)
+    print(json.dumps(summary, indent=2) if a.json else _summary_text(summary, report))
+    return summary["exit_status"]
+
+
+def _replay_all(a: argparse.Namespace, bags: List[str], keys: Dict[str, str], engines: Dict[str, str],
+                identity: Dict[str, str]) -> tuple:
+    """Every (bag, side) pair not already done (--resume), on Ray or serially, with a progress bar
+    of bags done: ({(bag, side): records}, {bag: why it failed}, how the run went)."""
+    from tqdm.auto import tqdm
+
+    from ..regress import runner
+
+    pairs = [runner.Pair(bag, keys[bag], side, engine, os.path.join(a.out, side, keys[bag]))
+             for bag in bags for side, engine in engines.items()]
+    records: Dict[tuple, dict] = {}
     for pair in pairs:
         done = runner.load_done(pair, identity[pair.side]) if a.resume else None
         if done is not None:
             records[(pair.bag, pair.side)] = done
-        else:
-            todo.append(pair)
-    resumed = len(pairs) - len(todo)
-    sides_per_bag = sum(1 for s in SIDES if engines[s])
-    finished = {bag: sum((bag, s) in records for s in SIDES) for bag in bags}  # sides done or failed
+    todo = [p for p in pairs if (p.bag, p.side) not in records]
+    errors: Dict[str, str] = {}
+    finished = {bag: sum((bag, s) in records for s in engines) for bag in bags}  # sides done or failed
     bar = tqdm(total=len(bags), unit="bag", desc="bags", disable=a.json and not sys.stderr.isatty())
-    bar.update(sum(n == sides_per_bag for n in finished.values()))
+    bar.update(sum(n == len(engines) for n in finished.values()))
 
     def on_done(pair: runner.Pair, result: Optional[dict], error: Optional[str]) -> None:
         if error is not None:
@@ -158,66 +172,72 @@ def run(a: argparse.Namespace) -> int:
             runner.save_done(pair, result)
             records[(pair.bag, pair.side)] = result
         finished[pair.bag] += 1
-        if finished[pair.bag] == sides_per_bag:
+        if finished[pair.bag] == len(engines):
             bar.update(1)
 
     start = time.monotonic()
     # stdout carries the result alone (--json): what Ray says meanwhile (a worker died...) goes to stderr
     with contextlib.redirect_stdout(sys.stderr):
         if a.serial or not todo:  # nothing left to run (--resume of a finished run): no Ray to start
-            ray_facts = {"address": "-", "cluster_cpus": None, "nodes": 0}
+            facts = {"address": "-", "cluster_cpus": None, "nodes": 0}
             runner.run_serial(todo, a.threads, a.max_new_tokens, on_done)
         else:
-            ray_facts = runner.run_ray(todo, a.workers, a.threads, a.max_new_tokens, a.address, on_done)
-    wall = time.monotonic() - start
+            facts = runner.run_ray(todo, a.workers, a.threads, a.max_new_tokens, a.address, on_done)
     bar.close()
+    facts.update(wall_s=round(time.monotonic() - start, 3), pairs_run=len(todo),
+                 pairs_resumed=len(pairs) - len(todo))
+    return records, errors, facts
+
+
+def _compare_all(a: argparse.Namespace, bags: List[str], keys: Dict[str, str], records: Dict[tuple, dict],
+                 errors: Dict[str, str]) -> List[dict]:
+    """Per bag: its records by side and, where both sides replayed it, their comparison."""
+    from ..regress.compare import compare_runs
 
     per_bag = []
     for bag in bags:
         key = keys[bag]
-        sides = {s: records.get((bag, s)) for s in SIDES if engines[s]}
+        sides = {s: records.get((bag, s)) for s in SIDES if (bag, s) in records}
         if a.against:
             sides["baseline"] = _earlier(a.against, key)
             if sides["baseline"] is None and bag not in errors:
                 errors[bag] = f"baseline: {a.against} has no finished replay of {key}"
         entry = {"key": key, "bag": os.path.abspath(bag), "status": "failed" if bag in errors else "ok",
-                 "records": sides, "comparison": None}
+                 "records": {s: r for s, r in sides.items() if r}, "comparison": None}
         if bag in errors:
             entry["error"] = errors[bag]
         elif sides.get("baseline") is not None:
             entry["comparison"] = compare_runs(sides["candidate"], sides["baseline"], a.thresholds)
         per_bag.append(entry)
+    return per_bag
+
+
+def _summary(a: argparse.Namespace, per_bag: List[dict], facts: dict, identity: Dict[str, str]) -> dict:
+    """summary.json: the verdict, the totals, each bag, and how the run went."""
+    from ..regress.compare import add_totals
+
     compared = [b["comparison"]["totals"] for b in per_bag if b["comparison"]]
     totals = add_totals(compared) if compared else None
     crossed = a.thresholds.crossed(totals) if totals else []
     failed = [b["key"] for b in per_bag if b["status"] == "failed"]
-    status = EXIT_BAG_FAILED if failed else (EXIT_CROSSED if crossed else 0)
-    summary = {
-        "executor": "serial" if a.serial else "ray", "address": ray_facts["address"],
-        "ray_cluster_cpus": ray_facts["cluster_cpus"], "ray_nodes": ray_facts["nodes"],
-        "workers": a.workers, "threads_per_task": a.threads, "wall_s": round(wall, 3),
-        "cpu": cpu_model(), "cores": os.cpu_count(), "pairs_run": len(todo), "pairs_resumed": resumed,
+    if a.baseline:
+        baseline = {"engine": os.path.abspath(a.baseline), "engine_sha256": identity["baseline"]}
+    else:
+        baseline = {"against": os.path.abspath(a.against)} if a.against else None
+    return {
+        "executor": "serial" if a.serial else "ray", "address": facts["address"],
+        "ray_cluster_cpus": facts["cluster_cpus"], "ray_nodes": facts["nodes"],
+        "workers": a.workers, "threads_per_task": a.threads, "wall_s": facts["wall_s"],
+        "cpu": cpu_model(), "cores": os.cpu_count(), "pairs_run": facts["pairs_run"],
+        "pairs_resumed": facts["pairs_resumed"],
         "candidate": {"engine": os.path.abspath(a.engine), "engine_sha256": identity["candidate"]},
-        "baseline": ({"engine": os.path.abspath(a.baseline), "engine_sha256": identity["baseline"]}
-                     if a.baseline else {"against": os.path.abspath(a.against)} if a.against else None),
-        "thresholds": a.thresholds.as_dict(), "totals": totals, "crossed": crossed, "failed": failed,
-        "exit_status": status,
+        "baseline": baseline, "thresholds": a.thresholds.as_dict(), "totals": totals, "crossed": crossed,
+        "failed": failed, "exit_status": EXIT_BAG_FAILED if failed else (EXIT_CROSSED if crossed else 0),
         "bags": [{"key": b["key"], "bag": b["bag"], "status": b["status"], "error": b.get("error"),
-                  "replay": {s: r["summary"] for s, r in b["records"].items() if r},
-                  "replay_wall_s": {s: r["wall_s"] for s, r in b["records"].items() if r and "wall_s" in r},
+                  "replay": {s: r["summary"] for s, r in b["records"].items()},
+                  "replay_wall_s": {s: r["wall_s"] for s, r in b["records"].items() if "wall_s" in r},
                   "totals": b["comparison"]["totals"] if b["comparison"] else None} for b in per_bag],
     }
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    report = a.report or os.path.join(a.out, "report.html")
-    images = _frames_to_show(per_bag, a.top)
-    html_report.write(report, summary, per_bag, images, a.top)
-    if a.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(_summary_text(summary, report))
-    return status
 
 
 def _engine_identity(engine: str) -> str:
