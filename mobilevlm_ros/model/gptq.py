@@ -6,6 +6,10 @@ bits for the int8 matrices.
 Chosen by measurement over onnxruntime's own GPTQ, which made symmetric int4 worse than plain rounding
 (QUANTIZATION.md): Olive's GPTQ is the reference algorithm (Hessian from the calibration inputs,
 column-wise error feedback, the group's grid fixed as the group starts).
+
+AutoClip (Olive's `AutoClip` pass, then its round-to-nearest `Rtn` into the same checkpoint format) is
+the activation-aware alternative offered beside it: measured no better than rounding on SmolLM2
+(BENCHMARKS.md 2026-12-05).
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ def main(argv=None) -> int:
                    help="int4/int8: another quantization configuration, named as mobilevlm-quality prints it "
                         "(e.g. \"int4 k-quant block 16, sensitive int8\")")
     p.add_argument("--calibrate", metavar="SRC",
-                   help="calibrated configurations (GPTQ): calibrate on a rosbag's camera frames (with the "
-                        "caption prompt and the bag's questions), a folder of images, or a text file "
-                        "(default: demo scenes and the package's calibration prose)")
+                   help="calibrated configurations (GPTQ, AutoClip): calibrate on a rosbag's camera frames "
+                        "(with the caption prompt and the bag's questions), a folder of images, or a text "
+                        "file (default: demo scenes and the package's calibration prose)")
     p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
     a = p.parse_args(argv)
     if bool(a.src) == bool(a.synthetic):

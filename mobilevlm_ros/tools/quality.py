@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--defaults", action="store_true",
                    help="score only what a plain mobilevlm-export builds: fp32, the int8 and int4 defaults")
     p.add_argument("--calibrate", metavar="TEXT",
-                   help="text file that calibrates the GPTQ rows (default: the package's calibration prose); "
-                        "refused when it overlaps the corpus")
+                   help="text file that calibrates the GPTQ and AutoClip rows (default: the package's "
+                        "calibration prose); refused when it overlaps the corpus")
     p.add_argument("--shape", metavar="NAME",
                    help="also measure bytes read per token and decode speed of each configuration on a "
                         "synthetic checkpoint of this shape (e.g. v2-1.7b; minutes per configuration)")
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
 
 def _calibration_source(a, texts):
-    """The GPTQ rows' calibration text, from --calibrate or the default source; never one that
+    """The calibrated rows' text, from --calibrate or the default source; never one that
     overlaps the evaluation corpus."""
     from ..model.calibration import default_source, overlap, text_source
 
