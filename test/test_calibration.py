@@ -107,7 +107,7 @@ def test_autoclip_export_is_deterministic_and_has_the_quantization_it_claims(che
     matmuls = _matmuls(a)
     assert len(matmuls) == 7 * manifest["model"]["num_layers"] + 1
     for node, quant in matmuls.items():
-        assert quant == ((8, 32, False) if node == "/lm_head/MatMulNBits" else (4, 32, False)), node
+        assert quant == ((8, 32, False) if node.startswith("/lm_head/") else (4, 32, False)), node
 
 
 def test_asymmetric_gptq_has_zero_points(checkpoints, tmp_path, calibrated_text_file):
@@ -178,10 +178,10 @@ def test_calibrated_agrees_with_fp32_at_least_as_well_as_rounding(checkpoints, c
     """Teacher-forced on the same windows: a calibrated int4 block 32 against plain rounding's. It is
     calibrated on the second half of the text and scored on the first: what it promises is less
     output error on inputs like its calibration set (BENCHMARKS.md measures it across domains, where
-    it can lose). Not AutoClip: on this random-weight model it is within two tokens of 512 of
-    rounding on its own calibration text (0.818 against 0.814) and below it on the other half (0.746
-    against 0.783, BENCHMARKS.md 2026-12-05): Gaussian weights have no outliers to clip, so an
-    assertion either way would test noise."""
+    it can lose). Not AutoClip: on this random-weight model it is within three tokens of 512 of
+    rounding on its own calibration text (0.820 against 0.814) and below it on the other half (0.707
+    against 0.781): Gaussian weights have no outliers worth clipping, and the clip search fits the
+    few calibration tokens it sees; an assertion on its calibration text would test noise."""
     lm = load_language_model(checkpoints("tiny"))
     with open(CORPUS) as f:
         text = f.read()

@@ -158,20 +158,26 @@ def builder_options(precision: str, quant: Dict[str, object]) -> List[str]:
     options = {"exclude_embeds": "true", "filename": "decoder.onnx",
                # Only the last position's logits are needed: prefill skips a (L x vocab) matmul.
                "prune_lm_head": "true", "hf_remote": "false", "hf_token": "false"}
-    if is_calibrated(quant):
+    if quant.get("algo_config") == "gptq":
         # The checkpoint holds the quantized weights. Builder 0.18 packs q/k/v into one MatMulNBits
         # only when they have zero points (a symmetric olive checkpoint fails in PackedMatMul).
         options["fuse_qkv"] = "false"
     elif precision in ("int4", "int8"):
-        options.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in quant.items()})
+        # AutoClip's checkpoint holds clipped float weights: the builder rounds them like any other.
+        rounding = {k: v for k, v in quant.items() if not (k == "algo_config" and v == "autoclip")}
+        options.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in rounding.items()})
     return [f"{k}={v}" for k, v in options.items()]
 
 
 def gptq_llama_folder(fp32_folder: str, out: str, write_tokenizer: Callable[[str], None], precision: str,
                       quant: Dict[str, object], samples: List[dict]) -> str:
     """The Llama of `fp32_folder` (write_llama_folder, fp32) quantized by GPTQ (model/gptq.py) into an
-    olive checkpoint in `out`, which the builder reads."""
+    olive checkpoint in `out`, which the builder reads; or, for AutoClip, its weights clipped (still
+    float) for the builder to round (no calibration samples: the fp32 folder itself)."""
     from .gptq import quantize
+
+    if quant["algo_config"] == "autoclip" and samples is None:
+        return fp32_folder
 
     quantize(fp32_folder, out, samples, bits={"int4": 4, "int8": 8}[precision],
              block_size=int(quant["block_size"]), symmetric=bool(quant.get("is_symmetric", True)),

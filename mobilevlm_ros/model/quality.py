@@ -116,12 +116,16 @@ CONFIGS = (
            {"algo_config": "gptq", "block_size": 32, "is_symmetric": False,
             "matmul_mixed_precision": "last_matmul:int8"}),
     Config("int8 GPTQ block 64", "int8", {"algo_config": "gptq", "block_size": 64}),
-    # AutoClip (Olive: activation-aware clipping, AWQ's clip search) then rounding, symmetric.
-    Config("int4 AutoClip block 32", "int4", {"algo_config": "autoclip", "block_size": 32}),
+    # AutoClip (Olive: activation-aware clipping, AWQ's clip search), then the builder's rounding,
+    # symmetric, q/k/v unfused as the int4 default.
+    Config("int4 AutoClip block 32", "int4",
+           {"algo_config": "autoclip", "block_size": 32, "fuse_qkv": False}),
     Config("int4 AutoClip block 32, lm_head int8", "int4",
-           {"algo_config": "autoclip", "block_size": 32, "matmul_mixed_precision": "last_matmul:int8"}),
+           {"algo_config": "autoclip", "block_size": 32, "matmul_mixed_precision": "last_matmul:int8",
+            "fuse_qkv": False}),
     Config("int4 AutoClip block 32, sensitive int8", "int4",
-           {"algo_config": "autoclip", "block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
+           {"algo_config": "autoclip", "block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8,
+            "fuse_qkv": False}),
 )
 
 
