@@ -13,6 +13,8 @@ import io
 from types import SimpleNamespace
 from typing import Dict, List, Optional
 
+from .compare import SIDES
+
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1400px; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; }
@@ -36,7 +38,7 @@ def write(path: str, run: dict, bags: List[dict], images: Dict[tuple, object], t
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(_title(run))}</title>"
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{_e(_title(run))}</h1>", _verdict(run), _run_facts(run),
-             "<h2>Bags</h2>", _bag_table(run, bags)]
+             "<h2>Bags</h2>", _bag_table(bags)]
     changed = changed_frames(bags, top)
     if any(b.get("comparison") for b in bags):
         parts.append(f"<h2>Frames that changed most ({len(changed)} shown)</h2>")
@@ -86,13 +88,13 @@ def _run_facts(run: dict) -> str:
     return f"<p class='run'>{_e(' · '.join(facts))}</p>"
 
 
-def _bag_table(run: dict, bags: List[dict]) -> str:
+def _bag_table(bags: List[dict]) -> str:
     head = ("<tr><th>bag</th><th>status</th><th>frames</th><th>texts changed</th><th>mean similarity</th>"
             "<th>count changes</th><th>box changes</th><th>min IoU</th><th>one side only</th>"
             "<th>replay s (candidate / baseline)</th></tr>")
     rows = []
     for b in bags:
-        walls = " / ".join(_num(r.get("wall_s"), 1) for r in b.get("records", {}).values() if r) or "-"
+        walls = " / ".join(_num(r.get("wall_s"), 1) for r in b["records"].values()) or "-"
         c = (b.get("comparison") or {}).get("totals")
         status = "ok" if b["status"] == "ok" else f"failed: {b.get('error', '')}"
         if c is None:
@@ -117,7 +119,7 @@ def _frame(key: str, frame: dict, rgb) -> str:
     pics = ""
     if rgb is not None:
         figs = []
-        for side in ("candidate", "baseline"):
+        for side in SIDES:
             boxes = [b for a in frame["answers"] for b in a[f"{side}_boxes"]]
             figs.append(f"<figure><figcaption>{side}</figcaption>"
                         f"<img alt='{side}' src='{_jpeg_uri(_draw(rgb, boxes))}'></figure>")

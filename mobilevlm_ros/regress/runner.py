@@ -30,15 +30,19 @@ class Pair:
     pair_dir: str
 
 
-def load_done(pair: Pair, engine_sha256: str) -> Optional[dict]:
-    """The records of an earlier finished run of `pair` on the same engine, else None."""
-    path = os.path.join(pair.pair_dir, RECORDS)
+def load_records(pair_dir: str) -> Optional[dict]:
+    """The records of a finished pair in `pair_dir`, else None."""
     try:
-        with open(path) as f:
-            records = json.load(f)
+        with open(os.path.join(pair_dir, RECORDS)) as f:
+            return json.load(f)
     except (OSError, ValueError):
         return None
-    return records if records.get("engine_sha256") == engine_sha256 else None
+
+
+def load_done(pair: Pair, engine_sha256: str) -> Optional[dict]:
+    """The records of an earlier finished run of `pair` on the same engine, else None."""
+    records = load_records(pair.pair_dir)
+    return records if records and records.get("engine_sha256") == engine_sha256 else None
 
 
 def save_done(pair: Pair, records: dict) -> None:

@@ -35,7 +35,6 @@ import time
 from typing import Dict, List, Optional
 
 EXIT_CROSSED, EXIT_BAG_FAILED, EXIT_INTERRUPTED = 3, 4, 130
-SIDES = ("candidate", "baseline")
 
 
 def cpu_model() -> str:
@@ -192,7 +191,7 @@ def _replay_all(a: argparse.Namespace, bags: List[str], keys: Dict[str, str], en
 def _compare_all(a: argparse.Namespace, bags: List[str], keys: Dict[str, str], records: Dict[tuple, dict],
                  errors: Dict[str, str]) -> List[dict]:
     """Per bag: its records by side and, where both sides replayed it, their comparison."""
-    from ..regress.compare import compare_runs
+    from ..regress.compare import SIDES, compare_runs
 
     per_bag = []
     for bag in bags:
@@ -251,11 +250,9 @@ def _engine_identity(engine: str) -> str:
 
 def _earlier(against: str, key: str) -> Optional[dict]:
     """The candidate records of bag `key` in an earlier run's folder."""
-    try:
-        with open(os.path.join(against, "candidate", key, "records.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    from ..regress.runner import load_records
+
+    return load_records(os.path.join(against, "candidate", key))
 
 
 def _frames_to_show(per_bag: List[dict], top: int) -> Dict[tuple, object]:
