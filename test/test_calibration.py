@@ -63,7 +63,7 @@ def calibrated_text_file(tmp_path_factory):
 
 def test_calibrated_export_is_deterministic_and_has_the_quantization_it_claims(checkpoints, tmp_path,
                                                                                 calibrated_text_file):
-    from mobilevlm_ros.model.gptq import sensitive_layers
+    from mobilevlm_ros.model.layout import sensitive_layers
 
     ckpt = checkpoints("tiny")
     a = _export(ckpt, tmp_path / "a", SENSITIVE, calibrated_text_file)
@@ -215,7 +215,8 @@ def test_text_windows_and_sources(tmp_path):
 def test_gptq_int8_selection_follows_llamacpps_rule():
     """llama.cpp's Q4_K_M raises the first and last eighth of the layers and every third one between
     (llama-quant.cpp, use_more_bits): for MobileVLM 1.7B's 24 layers, these 12."""
-    from mobilevlm_ros.model.gptq import overrides, sensitive_layers
+    from mobilevlm_ros.model.gptq import overrides
+    from mobilevlm_ros.model.layout import sensitive_layers
 
     assert sensitive_layers(24) == [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]
     both = overrides(24, 4, "last_matmul:int8,mixed_layers:int8")

@@ -32,6 +32,7 @@ from ..runtime.errors import CheckpointError
 from ..runtime.image import CLIP_MEAN, CLIP_STD
 from ..runtime.prompt import DEFAULT_TEMPLATE
 from .config import MobileVLMConfig
+from .layout import quantize_decoder_layout
 from .loader import load_checkpoint, read_config, resolve
 from .reference import MobileVLM
 
@@ -48,12 +49,14 @@ DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
     # Symmetric block 32 measured +0.54% at 3% fewer bytes: inside the half-percent that shorter
     # evaluations moved, so not worth re-quantizing everyone's engines for.
     "int8": {"block_size": 32, "is_symmetric": False},
-    # Rounding, symmetric (no zero points: MatMulNBits' fast path), lm_head and the sensitive layers'
-    # v and down projections in int8 (llama.cpp's Q4_K_M choice; with q/k/v fused into one matrix the
-    # builder can only make all three int8): +14.5% on SmolLM2 at 100 MB read per token, where the
-    # k-quant mix gave +15.8% at 106 MB, and at the 1.7B shape 896 MB at 22.2 tok/s against its
-    # 968 MB at 20.2 (BENCHMARKS.md, 2026-12-05). GPTQ of the same layout measured no better.
-    "int4": {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False},
+    # Rounding, symmetric (no zero points: MatMulNBits' fast path), block 32, with lm_head and the
+    # sensitive layers' v and down projections in int8 at block 64 (llama.cpp's Q4_K_M choice of
+    # matrices; model/layout.py, since the builder has one block size). On SmolLM2 +14.6% perplexity at
+    # 98 MB read per token, where the same layout all at block 32 (the builder's, default until
+    # 2026-12-05) gave +14.5% at 100 MB; at the 1.7B shape 881 against 896 MB per token and 1.05-1.07x
+    # its decode, interleaved in one process (BENCHMARKS.md, 2026-12-05 layouts). Every cheaper layout
+    # measured cost 2-8 points; GPTQ measured no better; AutoClip (+12.8%) needs hours at 1.7B here.
+    "int4": {"block_size": 32, "layout": {"lm_head": "int8/64", "sensitive": "int8/64"}},
 }
 
 
@@ -162,6 +165,8 @@ def builder_options(precision: str, quant: Dict[str, object]) -> List[str]:
         # The checkpoint holds the quantized weights. Builder 0.18 packs q/k/v into one MatMulNBits
         # only when they have zero points (a symmetric olive checkpoint fails in PackedMatMul).
         options["fuse_qkv"] = "false"
+    elif "layout" in quant:
+        options["fuse_qkv"] = "false"  # an fp32 graph quantized by layout.py, which groups v alone
     elif precision in ("int4", "int8"):
         # AutoClip's checkpoint holds clipped float weights: the builder rounds them like any other.
         rounding = {k: v for k, v in quant.items() if not (k == "algo_config" and v == "autoclip")}
@@ -213,18 +218,22 @@ def build_decoder(llama_folder: str, out: str, precision: str, target: str, quan
     """Run onnxruntime-genai's builder on a Llama folder; decoder.onnx(.data) land in `out`.
 
     quant {"algo_config": "hqq", ...}: the builder writes an fp32 graph and onnxruntime's HQQ quantizer
-    (which the builder does not offer) turns its MatMuls into MatMulNBits.
+    (which the builder does not offer) turns its MatMuls into MatMulNBits; quant {"layout": ...}: the
+    same fp32 graph, its MatMuls rounded per group by model/layout.py.
     Returns the decoder's input/output names as the manifest records them (`decoder_io`)."""
-    hqq = quant.get("algo_config") == "hqq"
+    hqq, layout = quant.get("algo_config") == "hqq", "layout" in quant
+    float_graph = hqq or layout  # quantized here, after the builder
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
         dst = os.path.join(tmp, "onnx")
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", llama_folder, "-o", dst,
-               "-p", "fp32" if hqq else precision, "-e", target, "-c", os.path.join(tmp, "cache"),
-               "--extra_options", *builder_options("fp32" if hqq else precision, quant)]
+               "-p", "fp32" if float_graph else precision, "-e", target, "-c", os.path.join(tmp, "cache"),
+               "--extra_options", *builder_options("fp32" if float_graph else precision, quant)]
         run_builder(cmd, llama_folder)
         os.makedirs(out, exist_ok=True)
         if hqq:
             quantize_decoder_hqq(os.path.join(dst, "decoder.onnx"), out, precision, quant)
+        elif layout:
+            quantize_decoder_layout(os.path.join(dst, "decoder.onnx"), out, precision, quant)
         else:
             for name in ("decoder.onnx", "decoder.onnx.data"):
                 shutil.move(os.path.join(dst, name), os.path.join(out, name))

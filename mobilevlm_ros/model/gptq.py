@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..runtime.errors import CheckpointError
+from .layout import sensitive_layers
 
 _SAMPLES: Dict[str, List[dict]] = {}  # calibration sets by key, for the dataset Olive's registry names
 _KEYS = itertools.count()
@@ -38,13 +39,6 @@ DAMP = 0.1
 # tokens per matrix) took over 4 minutes per SmolLM2 layer here. A 6 x 6 grid (shrinks up to 30%)
 # over 128 tokens is about 11x less work.
 AUTOCLIP = {"n_grid": 20, "max_shrink": 0.3, "n_sample_token": 128}
-
-
-def sensitive_layers(num_layers: int) -> List[int]:
-    """The layers whose attention and down projections llama.cpp's Q4_K_M (and the builder's
-    `mixed_layers`) keep at more bits: the first and last eighth, and every third one between."""
-    return [i for i in range(num_layers)
-            if i < num_layers / 8 or i >= 7 * num_layers / 8 or (i - round(num_layers / 8)) % 3 == 2]
 
 
 # Selectors of `matmul_mixed_precision` -> the projections of the sensitive layers they raise.
