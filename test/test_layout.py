@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from mobilevlm_ros.model.export import DEFAULT_QUANT, SENSITIVE_INT8
+from mobilevlm_ros.model.export import SENSITIVE_INT8
 from mobilevlm_ros.model.layout import parse, plan, sensitive_layers
 from mobilevlm_ros.model.quality import Config, build_configs, load_language_model
 
