@@ -64,9 +64,8 @@ def plan(nodes: List[str], bits: int, quant: Dict[str, object]) -> Dict[Tuple[in
     unknown = set(layout) - set(GROUPS)
     if unknown:
         raise ValueError(f"layout groups {sorted(unknown)}: known are {', '.join(GROUPS)}")
-    layers = 1 + max((int(m.group(1)) for m in map(re.compile(r"/model/layers\.(\d+)/").match, nodes) if m),
-                     default=-1)
-    sensitive = set(sensitive_layers(layers))
+    layers = {int(m.group(1)) for m in (re.match(r"/model/layers\.(\d+)/", n) for n in nodes) if m}
+    sensitive = set(sensitive_layers(max(layers) + 1 if layers else 0))
     body = (bits, int(quant["block_size"]))
     passes = defaultdict(list)
     for node in nodes:
@@ -85,10 +84,11 @@ def quantize_decoder_layout(fp32_graph: str, out: str, precision: str, quant: Di
     model = onnx.load(fp32_graph)
     nodes = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     for (bits, block), include in sorted(plan(nodes, {"int4": 4, "int8": 8}[precision], quant).items()):
+        include = set(include)
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block,
                                          is_symmetric=bool(quant.get("is_symmetric", True)),
                                          accuracy_level=int(quant.get("accuracy_level", 4)),
-                                         nodes_to_exclude=[n for n in nodes if n not in set(include)],
+                                         nodes_to_exclude=[n for n in nodes if n not in include],
                                          op_types_to_quantize=("MatMul",))
         quantizer.process()
         model = quantizer.model.model
