@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import batched_agreement, scene
 
+from mobilevlm_ros.model.export import BUILDER_INT4
 from mobilevlm_ros.runtime import manifest as mf
 from mobilevlm_ros.runtime import sessions
 from mobilevlm_ros.runtime.generation import GenerationParams
@@ -46,6 +47,7 @@ def _elem_types(values) -> set:
 def test_cuda_target_engine_is_fp16_vision_and_int4_decoder(cuda_engine):
     m = mf.load(cuda_engine)
     assert (m.target, m.precision, m.data["vision_precision"]) == ("cuda", "int4", "fp16")
+    assert m.data["quantization"] == BUILDER_INT4  # the CPU default's layout, as the builder builds it
 
     vision = onnx.load(m.path("vision"))
     weights = collections.Counter(onnx.TensorProto.DataType.Name(t.data_type)

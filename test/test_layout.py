@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from mobilevlm_ros.model.export import SENSITIVE_INT8
+from mobilevlm_ros.model.export import SENSITIVE_INT8, export
 from mobilevlm_ros.model.layout import parse, plan, sensitive_layers
 from mobilevlm_ros.model.quality import Config, build_configs, load_language_model
 
@@ -143,3 +143,11 @@ def test_plan_covers_every_matmul_once():
     layers = sensitive_layers(24)
     assert sorted(split[(4, 16)]) == sorted(f"/model/layers.{i}/attn/v_proj/MatMul" for i in layers)
     assert sorted(split[(8, 32)]) == sorted(f"/model/layers.{i}/mlp/down_proj/MatMul" for i in layers)
+
+
+def test_a_layout_is_refused_for_cuda_engines(tmp_path):
+    """Layouts round the fp32 graph for the CPU's kernels; CUDA engines take the builder's own int4
+    (test_gpu_paths checks the default does)."""
+    with pytest.raises(ValueError, match="CPU engines only"):
+        export("never-read", str(tmp_path), "int4", "cuda",
+               quant={"block_size": 32, "layout": {"gate_up": "int4/64"}})

@@ -58,6 +58,10 @@ DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
     # measured cost 2-8 points; GPTQ measured no better; AutoClip (+12.8%) needs hours at 1.7B here.
     "int4": {"block_size": 32, "layout": {"lm_head": "int8/64", "sensitive": "int8/64"}},
 }
+# The int4 default's matrices as the builder spells them, for CUDA engines: a layout rounds the
+# builder's fp32 graph for the CPU's kernels (where its block 64 was measured); the builder's own
+# CUDA graph is fp16 with its GPU attention.
+BUILDER_INT4 = {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False}
 
 
 def check_runnable(cfg: MobileVLMConfig) -> None:
@@ -291,6 +295,14 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
         # The builder's fp16 CPU graph uses unfused attention with separate past/present buffers,
         # which our in-place KV cache does not drive; fp16 is slower than fp32 on CPUs anyway.
         raise ValueError("fp16 engines are for --target cuda; on CPU use fp32, int8 or int4")
+    quant = dict(DEFAULT_QUANT.get(precision, {}) if quant is None else quant)
+    if "layout" in quant and target != "cpu":
+        if quant != DEFAULT_QUANT.get(precision):
+            raise ValueError("a quantization layout builds CPU engines only; for --target cuda use the "
+                             "default or a configuration without 'layout'")
+        quant = dict(BUILDER_INT4)
+    if block_size:
+        quant["block_size"] = block_size
     folder = resolve(src)
     tokenizer_src = os.path.join(folder, "tokenizer.model")
     if not os.path.isfile(tokenizer_src):
@@ -312,9 +324,6 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     log(f"vision graph ({vision_precision}) in {time.time() - t0:.1f}s")
 
     t0 = time.time()
-    quant = dict(DEFAULT_QUANT.get(precision, {}) if quant is None else quant)
-    if block_size:
-        quant["block_size"] = block_size
     calibration = None
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
         write_tokenizer = sentencepiece_tokenizer_writer(tokenizer_src)
