@@ -414,12 +414,14 @@ def measure_shape(lm: LanguageModel, configs, steps: int = 64, threads: int = 0,
     turn; `decode_tok_s` is the median of the rounds (`decode_rounds` all of them). One after another,
     the same engine moved by 10-15% between minutes on this shared host; interleaved, every
     configuration sees the same minutes."""
-    rows, engines = [], []
+    rows, engines, tables = [], [], {}
     with tempfile.TemporaryDirectory(prefix="mobilevlm_shape_") as tmp:
         for config, row, decoder, _ in build_configs(lm, configs, tmp, steps + 1, threads, None, log):
             rows.append(row)
             if decoder is not None:  # its session holds the weights: the folder may go
-                engines.append((row, decoder, embedding_table(lm.llm, config.precision)))
+                if config.precision not in tables:
+                    tables[config.precision] = embedding_table(lm.llm, config.precision)
+                engines.append((row, decoder, tables[config.precision]))
     ids = np.random.default_rng(0).integers(3, lm.llm.config.vocab_size, steps + 1)
     for row, _, _ in engines:
         row["decode_rounds"] = []
