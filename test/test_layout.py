@@ -1,8 +1,8 @@
 """Decoders quantized by layout (model/layout.py): each group gets the bits and block it claims.
 
-Checked against the builder itself (the layout that names the default's groups must give the int4
-default's weights bit for bit) and against the checkpoint's own weights (every block de-quantized
-lands within half a step of the fp32 weight it came from).
+Checked against the builder itself (the layout naming the builder's int8 groups at its block must
+give the builder's own int4 weights bit for bit) and against the checkpoint's own weights (every
+block de-quantized lands within half a step of the fp32 weight it came from).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from mobilevlm_ros.model.export import SENSITIVE_INT8, export
+from mobilevlm_ros.model.export import BUILDER_INT4, export
 from mobilevlm_ros.model.layout import parse, plan, sensitive_layers
 from mobilevlm_ros.model.quality import Config, build_configs, load_language_model
 
@@ -34,9 +34,8 @@ def matmulnbits(folder: str) -> dict:
 @pytest.fixture(scope="module")
 def built(checkpoints, tmp_path_factory):
     lm = load_language_model(checkpoints("tiny-gqa"))
-    # the int4 default until 2026-12-05: the builder's own mixed precision, all at block 32
-    configs = [Config("builder default", "int4",
-                      {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False}),
+    # the builder's own int4 (the CPU default until 2026-12-05, the CUDA one now)
+    configs = [Config("builder default", "int4", dict(BUILDER_INT4)),
                Config("layout of the default", "int4",
                       {"block_size": 32, "layout": {"lm_head": "int8/32", "sensitive": "int8/32"}}),
                Config("mix", "int4", MIX)]
