@@ -65,6 +65,19 @@ def shown_texts(generator) -> list:
     return texts
 
 
+def matmulnbits(engine: str) -> dict:
+    """node name -> (attributes, [B, scales, zero points if any]) of every MatMulNBits of an engine's
+    decoder graph."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(os.path.join(engine, "decoder.onnx"))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.name: ({a.name: helper.get_attribute_value(a) for a in n.attribute},
+                     [weights[i] for i in n.input[1:4] if i])
+            for n in model.graph.node if n.op_type == "MatMulNBits"}
+
+
 def batched_agreement(alone, batched, prompts, tokens: int) -> float:
     """Greedy tokens of each (rgb, question) decoded alone by VLM `alone`; then all prompts in one
     batch of VLM `batched`, each row fed its alone-tokens (teacher-forced): the share of positions

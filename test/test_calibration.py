@@ -19,6 +19,8 @@ import pytest
 
 pytest.importorskip("olive", reason="GPTQ needs olive-ai (the export extra)")
 
+from conftest import matmulnbits  # noqa: E402
+
 from mobilevlm_ros.model import calibration as cal  # noqa: E402
 from mobilevlm_ros.model.quality import CONFIGS, load_language_model, measure  # noqa: E402
 
@@ -42,15 +44,8 @@ def _export(checkpoint: str, out, quant_name: str, calibrate: str = "") -> str:
 
 def _matmuls(engine: str) -> dict:
     """name -> (bits, block_size, has zero points) of every MatMulNBits of the decoder graph."""
-    import onnx
-
-    graph = onnx.load(os.path.join(engine, "decoder.onnx"), load_external_data=False).graph
-    out = {}
-    for node in graph.node:
-        if node.op_type == "MatMulNBits":
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            out[node.name] = (attrs["bits"], attrs["block_size"], len(node.input) > 3 and node.input[3] != "")
-    return out
+    return {name: (attrs["bits"], attrs["block_size"], len(arrays) > 2)
+            for name, (attrs, arrays) in matmulnbits(engine).items()}
 
 
 @pytest.fixture(scope="module")

@@ -7,28 +7,15 @@ block de-quantized lands within half a step of the fp32 weight it came from).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
+from conftest import matmulnbits
 
 from mobilevlm_ros.model.export import BUILDER_INT4, export
 from mobilevlm_ros.model.layout import parse, plan, sensitive_layers
 from mobilevlm_ros.model.quality import Config, build_configs, load_language_model
 
 MIX = {"block_size": 32, "layout": {"lm_head": "int8/64", "sensitive": "int4/16", "gate_up": "int4/64"}}
-
-
-def matmulnbits(folder: str) -> dict:
-    """node name -> (attributes, [B, scales, zero points if any]) of every MatMulNBits."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(os.path.join(folder, "decoder.onnx"))
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    return {n.name: ({a.name: helper.get_attribute_value(a) for a in n.attribute},
-                     [weights[i] for i in n.input[1:] if i])
-            for n in model.graph.node if n.op_type == "MatMulNBits"}
 
 
 @pytest.fixture(scope="module")

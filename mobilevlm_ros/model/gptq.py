@@ -8,8 +8,8 @@ Chosen by measurement over onnxruntime's own GPTQ, which made symmetric int4 wor
 column-wise error feedback, the group's grid fixed as the group starts).
 
 AutoClip (Olive's `AutoClip` pass: clipped float weights, which the builder then rounds) is the
-activation-aware alternative offered beside it: +12.8% on SmolLM2 where the default's rounding of the
-same layout gives +14.5% (BENCHMARKS.md 2026-12-05).
+activation-aware alternative offered beside it: +12.8% on SmolLM2 where plain rounding of the same
+layout gives +14.5% (BENCHMARKS.md 2026-12-05).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def quantize(llama_folder: str, out: str, samples: Optional[List[dict]], bits: i
     clip search); `out` then holds the clipped weights in float, and the builder rounds them. Not
     Olive's own rounding: its symmetric grid (scale 2*max/15, zero point 8) cannot represent a group's
     largest positive weight, where the builder's (scale max/8, signed) maps the group's extreme
-    exactly; the same layout rounded by Olive measured +21.2% on SmolLM2 against the builder's +14.2%.
+    exactly; the same layout rounded by Olive measured +21.2% on SmolLM2 against the builder's +14.5%.
     samples None: Olive's round-to-nearest pass instead, which writes the same layout (for measuring
     bytes and speed, which calibration does not change)."""
     try:
@@ -102,36 +102,29 @@ def quantize(llama_folder: str, out: str, samples: Optional[List[dict]], bits: i
     options = {"bits": bits, "group_size": block_size, "sym": symmetric, "lm_head": True,
                "overrides": overrides(num_layers, bits, mixed) or None}
     key = f"set{next(_KEYS)}"
-    cpu = AcceleratorSpec("cpu", "CPUExecutionProvider")
-    passes = []  # (pass, its output folder), run in order
     if samples is None:
-        passes.append((create_pass_from_dict(Rtn, options, disable_search=True, accelerator_spec=cpu), out))
+        olive_class = Rtn
     else:
         # Registering again replaces the entry: one dataset component, keyed samples.
         Registry.register_dataset("mobilevlm_calibration")(calibration_samples)
         _SAMPLES[key] = samples
-        data = DataConfig(
+        options["data_config"] = DataConfig(
             name="mobilevlm_calibration",
             load_dataset_config={"type": "mobilevlm_calibration", "params": {"key": key}},
             dataloader_config={"type": "no_auto_batch_dataloader"})  # samples are batches of 1
-        if method == "autoclip":  # clipped float weights: the builder rounds them (its grid, below)
-            clip = create_pass_from_dict(AutoClip, {**options, **AUTOCLIP, "data_config": data},
-                                         disable_search=True, accelerator_spec=cpu)
-            passes.append((clip, out))
+        if method == "autoclip":  # clipped float weights: the builder rounds them (its grid, above)
+            olive_class, options = AutoClip, {**options, **AUTOCLIP}
         elif method == "gptq":
-            gptq = create_pass_from_dict(Gptq, {**options, "damp_percent": damp, "data_config": data},
-                                         disable_search=True, accelerator_spec=cpu)
-            passes.append((gptq, out))
+            olive_class, options = Gptq, {**options, "damp_percent": damp}
         else:
             raise ValueError(f"calibrated method {method!r}: gptq or autoclip")
+    olive_pass = create_pass_from_dict(olive_class, options, disable_search=True,
+                                       accelerator_spec=AcceleratorSpec("cpu", "CPUExecutionProvider"))
     torch.manual_seed(0)
-    source = llama_folder
     try:
-        for olive_pass, folder in passes:
-            olive_pass.run(HfModelHandler(model_path=source), folder)
-            source = folder
+        olive_pass.run(HfModelHandler(model_path=llama_folder), out)
     finally:
         _SAMPLES.pop(key, None)
-        del passes
+        del olive_pass
         gc.collect()  # Olive's copy of the model (5.5 GB at 1.7B) goes before the builder starts
     return out

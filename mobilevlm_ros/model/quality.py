@@ -36,6 +36,7 @@ from ..runtime import manifest as mf
 from ..runtime.engines import DecoderEngine
 from ..runtime.errors import CheckpointError
 from .export import (
+    BUILDER_INT4,
     DEFAULT_QUANT,
     SENSITIVE_INT8,
     build_decoder,
@@ -87,8 +88,7 @@ CONFIGS = (
     Config("int4 block 32, sensitive int8", "int4",
            {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8}),
     # The same weights with q, k and v as three MatMulNBits instead of one packed (builder's fuse_qkv).
-    Config("int4 block 32, sensitive int8, q/k/v unfused", "int4",
-           {"block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False}),
+    Config("int4 block 32, sensitive int8, q/k/v unfused", "int4", dict(BUILDER_INT4)),
     # Fewer bytes per token: an int4 block carries an fp32 scale, 32/block bits per weight.
     Config("int4 block 64, sensitive int8, q/k/v unfused", "int4",
            {"block_size": 64, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False}),
