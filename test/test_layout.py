@@ -28,7 +28,7 @@ def built(checkpoints, tmp_path_factory):
                Config("mix", "int4", MIX)]
     tmp = str(tmp_path_factory.mktemp("layout"))
     graphs = {}
-    for config, row, _, out in build_configs(lm, configs, tmp, 33, 1, None, log=None):
+    for config, row, _, out, _ in build_configs(lm, configs, tmp, 33, 1, None, log=None):
         assert "error" not in row, row.get("error")
         graphs[config.name] = matmulnbits(out)
     return lm, graphs
@@ -129,6 +129,13 @@ def test_plan_covers_every_matmul_once():
     layers = sensitive_layers(24)
     assert sorted(split[(4, 16)]) == sorted(f"/model/layers.{i}/attn/v_proj/MatMul" for i in layers)
     assert sorted(split[(8, 32)]) == sorted(f"/model/layers.{i}/mlp/down_proj/MatMul" for i in layers)
+    # "down" holds every down projection, but a sensitive one follows "sensitive" where it is named
+    downs = plan(nodes, 8, {"block_size": 64, "layout": {"down": "int8/32"}})
+    assert sorted(downs[(8, 32)]) == sorted(f"/model/layers.{i}/mlp/down_proj/MatMul" for i in range(24))
+    both = plan(nodes, 4, {"block_size": 32, "layout": {"down": "int4/64", "sensitive": "int8/64"}})
+    assert sorted(both[(4, 64)]) == sorted(f"/model/layers.{i}/mlp/down_proj/MatMul"
+                                           for i in range(24) if i not in layers)
+    assert len(both[(8, 64)]) == 2 * len(layers)
 
 
 def test_a_layout_is_refused_for_cuda_engines(tmp_path):

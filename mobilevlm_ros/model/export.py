@@ -35,6 +35,7 @@ from .config import MobileVLMConfig
 from .layout import quantize_decoder_layout
 from .loader import load_checkpoint, read_config, resolve
 from .reference import MobileVLM
+from .rotation import ROTATION_BUFFER, rotate_mobilevlm
 
 PRECISIONS, TARGETS = mf.PRECISIONS, mf.TARGETS
 # algo_config values that are not the builder's: weights quantized by a calibrated method first.
@@ -98,10 +99,17 @@ def export_vision(model: MobileVLM, path: str) -> None:
 
 def quantize_vision_int8(path: str) -> None:
     """Dynamic int8 (weights int8, activations quantized on the fly): the CPU-friendly choice."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # A rotation's weights (model/rotation.py) are all +-1/sqrt(n), int8's extremes once quantized;
+    # AVX2's u8 x s8 kernel saturates their pair sums (measured: image embeddings 20% short). It stays
+    # fp32: one (tokens x hidden x hidden) MatMul.
+    graph = onnx.load(path).graph
+    rotation = [n.name for n in graph.node if any(i.split(".")[-1] == ROTATION_BUFFER for i in n.input)]
     tmp = path + ".q.onnx"
-    quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_exclude=rotation)
     os.replace(tmp, path)
 
 
@@ -173,7 +181,9 @@ def builder_options(precision: str, quant: Dict[str, object]) -> List[str]:
         options["fuse_qkv"] = "false"  # an fp32 graph quantized by layout.py, which groups v alone
     elif precision in ("int4", "int8"):
         # AutoClip's checkpoint holds clipped float weights: the builder rounds them like any other.
-        rounding = {k: v for k, v in quant.items() if not (k == "algo_config" and v == "autoclip")}
+        # (a rotation is done to the weights before the builder sees them: not the builder's option)
+        rounding = {k: v for k, v in quant.items()
+                    if k != "rotate" and not (k == "algo_config" and v == "autoclip")}
         options.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in rounding.items()})
     return [f"{k}={v}" for k, v in options.items()]
 
@@ -313,6 +323,14 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     cfg = model.config
     log(f"loaded {src} ({cfg.version}, {cfg.projector}, hidden {cfg.hidden_size}) in {time.time() - t0:.1f}s")
     os.makedirs(out, exist_ok=True)
+    write_tokenizer = sentencepiece_tokenizer_writer(tokenizer_src)
+
+    if precision in ("int4", "int8") and quant.get("rotate"):
+        t0 = time.time()
+        with tempfile.TemporaryDirectory(prefix="mobilevlm_rotate_") as tmp:
+            rotate_mobilevlm(model, tmp, write_tokenizer, str(quant["rotate"]))
+        log(f"language model rotated ({quant['rotate']}; the projector's output to match) "
+            f"in {time.time() - t0:.1f}s")
 
     t0 = time.time()
     export_vision(model, os.path.join(out, "vision.onnx"))
@@ -326,7 +344,6 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     t0 = time.time()
     calibration = None
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
-        write_tokenizer = sentencepiece_tokenizer_writer(tokenizer_src)
         llama = tmp  # the Llama folder the builder reads
         if precision in ("int4", "int8") and is_calibrated(quant):
             from ..runtime.tokenizer import Tokenizer

@@ -27,7 +27,12 @@ GROUPS = {
     "sensitive_v": "the v projections alone of those layers",
     "sensitive_down": "the down projections alone of those layers",
     "gate_up": "gate and up projections of every layer",
+    "down": "down projections of every layer (the sensitive layers' follow the sensitive entries first)",
 }
+# The groups that hold a MatMul of each kind, most specific first: the first a layout names decides.
+HOLDERS = {"lm_head": ("lm_head",), "sensitive_v": ("sensitive_v", "sensitive"),
+           "sensitive_down": ("sensitive_down", "sensitive", "down"), "gate_up": ("gate_up",),
+           "down": ("down",)}
 
 
 def sensitive_layers(num_layers: int) -> List[int]:
@@ -55,7 +60,7 @@ def group_of(node: str, sensitive: set) -> str:
     layer, proj = int(match.group(1)), match.group(3)
     if proj in ("v", "down") and layer in sensitive:
         return "sensitive_" + proj
-    return "gate_up" if proj in ("gate", "up") else ""
+    return {"gate": "gate_up", "up": "gate_up", "down": "down"}.get(proj, "")
 
 
 def plan(nodes: List[str], bits: int, quant: Dict[str, object]) -> Dict[Tuple[int, int], List[str]]:
@@ -69,8 +74,7 @@ def plan(nodes: List[str], bits: int, quant: Dict[str, object]) -> Dict[Tuple[in
     body = (bits, int(quant["block_size"]))
     passes = defaultdict(list)
     for node in nodes:
-        group = group_of(node, sensitive)
-        spec = layout.get(group) or (layout.get("sensitive") if group.startswith("sensitive_") else None)
+        spec = next((layout[g] for g in HOLDERS.get(group_of(node, sensitive), ()) if g in layout), None)
         passes[parse(spec) if spec else body].append(node)
     return dict(passes)
 

@@ -46,6 +46,7 @@ from .export import (
     weights_dtype,
     write_llama_folder,
 )
+from .rotation import rotate_llama
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,17 @@ CONFIGS = (
     Config("int8 block 32", "int8", {"block_size": 32}),
     Config("int8 block 32, accuracy level 1", "int8", {"block_size": 32, "accuracy_level": 1}),
     Config("int8 block 32 asymmetric", "int8", {"block_size": 32, "is_symmetric": False}),
+    # QuaRot's rotation first (model/rotation.py): the residual stream's outlier channels spread out
+    # before onnxruntime's kernel rounds activations to int8 per block.
+    Config("int8 block 64, rotated", "int8", {"block_size": 64, "rotate": "hadamard"}),
+    Config("int8 block 32, rotated", "int8", {"block_size": 32, "rotate": "hadamard"}),
+    Config("int8 block 32 asymmetric, rotated", "int8",
+           {"block_size": 32, "is_symmetric": False, "rotate": "hadamard"}),
+    Config("int8 block 64 asymmetric, rotated", "int8",
+           {"block_size": 64, "is_symmetric": False, "rotate": "hadamard"}),
+    # down's input (the MLP's product) is the one the rotation does not reach: finer activation blocks
+    Config("int8 block 64, down block 32, rotated", "int8",
+           {"block_size": 64, "layout": {"down": "int8/32"}, "rotate": "hadamard"}),
     Config("int4 block 128", "int4", {"block_size": 128}),
     Config("int4 block 32", "int4", {"block_size": 32}),
     Config("int4 block 32 asymmetric", "int4", {"block_size": 32, "is_symmetric": False}),
@@ -98,6 +110,9 @@ CONFIGS = (
     # quantizer once per group, q/k/v unfused.
     Config("int4 block 32, lm_head and sensitive int8 block 64", "int4",
            {"block_size": 32, "layout": {"lm_head": "int8/64", "sensitive": "int8/64"}}),
+    Config("int4 block 32, lm_head and sensitive int8 block 64, rotated", "int4",
+           {"block_size": 32, "layout": {"lm_head": "int8/64", "sensitive": "int8/64"},
+            "rotate": "hadamard"}),
     Config("int4 block 32, lm_head and sensitive down int8", "int4",
            {"block_size": 32, "layout": {"lm_head": "int8/32", "sensitive_down": "int8/32"}}),
     Config("int4 block 32, sensitive int8, lm_head int4", "int4",
@@ -337,44 +352,52 @@ def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, w
 
 def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: int, calibration=None,
                   log=print):
-    """(config, row, decoder or None, folder) per configuration, built as mobilevlm-export builds it;
-    a refusal is a row with "error". calibration: a calibration.Calibration for GPTQ configurations
+    """(config, row, decoder or None, folder, the Llama it was built from) per configuration, built
+    as mobilevlm-export builds it (a rotated configuration from the rotated Llama); a refusal is a
+    row with "error". calibration: a calibration.Calibration for GPTQ configurations
     (None: their layout, rounded to nearest instead)."""
     from tqdm.auto import tqdm
 
-    sources = {}  # the Llama folder the builder reads, one per weight dtype
+    models = {"": lm.llm}  # the Llama each rotation makes (model/rotation.py), made once
+    sources = {}  # the Llama folder the builder reads, one per weight dtype and rotation
     for config in tqdm(configs, desc="configurations", disable=log is None):
         calibrated = is_calibrated(config.quant)
         dtype = torch.float32 if calibrated else weights_dtype(config.precision)
-        if dtype not in sources:
-            sources[dtype] = os.path.join(tmp, f"llama-{str(dtype).split('.')[-1]}")
-            os.makedirs(sources[dtype])
-            write_llama_folder(lm.llm, sources[dtype], dtype, lm.write_tokenizer)
+        rotation = str(config.quant.get("rotate", ""))
+        if rotation not in models:
+            models[rotation] = rotate_llama(lm.llm, os.path.join(tmp, f"rotate-{rotation}"),
+                                            lm.write_tokenizer, rotation)
+        llm = models[rotation]
+        if (dtype, rotation) not in sources:
+            source = os.path.join(tmp, "-".join(["llama", str(dtype).split(".")[-1], rotation]))
+            os.makedirs(source)
+            write_llama_folder(llm, source, dtype, lm.write_tokenizer)
+            sources[dtype, rotation] = source
         out = os.path.join(tmp, config.name.replace(" ", "_").replace(",", ""))
         row = {"name": config.name, "precision": config.precision, "config": config.quant,
                "default": config.is_default}
         t0 = time.time()
         try:
-            source = sources[dtype]
+            source = sources[dtype, rotation]
             if calibrated:
                 # calibration None: the same layout rounded to nearest (bytes and speed only)
                 samples = calibration.samples if calibration else None
-                source = gptq_llama_folder(sources[dtype], out + "-gptq", lm.write_tokenizer,
+                source = gptq_llama_folder(source, out + "-gptq", lm.write_tokenizer,
                                            config.precision, config.quant, samples)
                 row["calibration"] = calibration.record if calibration else None
             decoder_io = build_decoder(source, out, config.precision, "cpu", config.quant)
-            manifest = _engine_manifest(out, lm.llm, decoder_io, context)
+            manifest = _engine_manifest(out, llm, decoder_io, context)
             decoder = DecoderEngine(manifest, ["CPUExecutionProvider"], threads, max_length=context)
         except Exception as e:  # a configuration the builder or onnxruntime refuses is a result too
             row["error"] = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
             (log or print)(f"{config.name}: failed ({row['error']})")
-            yield config, row, None, out
+            yield config, row, None, out, llm
             continue
         row["build_s"] = time.time() - t0
         row["bytes"] = sum(os.path.getsize(os.path.join(out, f))
                            for f in ("decoder.onnx", "decoder.onnx.data"))
         row["read_bytes"] = weights_read_per_token(os.path.join(out, "decoder.onnx"))
-        yield config, row, decoder, out
+        yield config, row, decoder, out, llm
         del decoder
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(out + "-gptq", ignore_errors=True)
@@ -388,11 +411,12 @@ def score_configs(lm: LanguageModel, windows: List[List[int]], reference: dict, 
     with torch.no_grad():
         check_reference = lm.llm(torch.tensor([check_ids])).logits[0, -1].double().numpy()
     with tempfile.TemporaryDirectory(prefix="mobilevlm_quality_") as tmp:
-        for config, row, decoder, _ in build_configs(lm, configs, tmp, window + 1, threads, calibration, log):
+        built = build_configs(lm, configs, tmp, window + 1, threads, calibration, log)
+        for config, row, decoder, _, llm in built:
             rows.append(row)
             if decoder is None:
                 continue
-            table = embedding_table(lm.llm, config.precision)
+            table = embedding_table(llm, config.precision)  # a rotated model's embeddings are rotated too
             row.update(score_engine(lm, decoder, table, windows, reference["choices"]))
             row["at_once_vs_steps"] = window_at_once_vs_steps(decoder, table, check_ids, check_reference)
             (log or print)(
@@ -416,12 +440,13 @@ def measure_shape(lm: LanguageModel, configs, steps: int = 64, threads: int = 0,
     configuration sees the same minutes."""
     rows, engines, tables = [], [], {}
     with tempfile.TemporaryDirectory(prefix="mobilevlm_shape_") as tmp:
-        for config, row, decoder, _ in build_configs(lm, configs, tmp, steps + 1, threads, None, log):
+        for config, row, decoder, _, llm in build_configs(lm, configs, tmp, steps + 1, threads, None, log):
             rows.append(row)
             if decoder is not None:  # its session holds the weights: the folder may go
-                if config.precision not in tables:
-                    tables[config.precision] = embedding_table(lm.llm, config.precision)
-                engines.append((row, decoder, tables[config.precision]))
+                key = (config.precision, id(llm))
+                if key not in tables:
+                    tables[key] = embedding_table(llm, config.precision)
+                engines.append((row, decoder, tables[key]))
     ids = np.random.default_rng(0).integers(3, lm.llm.config.vocab_size, steps + 1)
     for row, _, _ in engines:
         row["decode_rounds"] = []
