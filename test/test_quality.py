@@ -26,7 +26,8 @@ def report(checkpoints):
     with open(CORPUS) as f:
         text = f.read()
     configs = [Config("fp32", "fp32"), Config("int8 block 32", "int8", {"block_size": 32}),
-               next(c for c in CONFIGS if c.quant.get("algo_config") == "hqq")]
+               next(c for c in CONFIGS if c.quant.get("algo_config") == "hqq"),
+               Config("int8 block 32, rotated", "int8", {"block_size": 32, "rotate": "hadamard"})]
     return lm, measure(lm, text, tokens=96, window=48, configs=configs, threads=1, log=lambda s: None)
 
 
@@ -57,6 +58,15 @@ def test_int8_decoder_is_close(report):
     int8 = r["engines"][1]
     assert int8["precision"] == "int8" and abs(int8["ppl"] / r["reference"]["ppl"] - 1) < 0.01
     assert int8["agreement"] > 0.9
+
+
+def test_a_rotated_decoder_is_scored_with_its_rotated_embeddings(report):
+    """The rotated Llama's decoder fed the unrotated table would score as noise (an orthogonal
+    matrix away): close to the reference means the rotation and its table went together."""
+    _, r = report
+    rotated = r["engines"][3]
+    assert "error" not in rotated, rotated.get("error")
+    assert abs(rotated["ppl"] / r["reference"]["ppl"] - 1) < 0.01 and rotated["agreement"] > 0.9
 
 
 def test_hqq_decoder_runs_and_is_close(report):
