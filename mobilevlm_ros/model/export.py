@@ -46,10 +46,12 @@ CALIBRATED = ("gptq", "autoclip")
 # the layers and every third layer the v and down projections (q/k/v when fused) in int8.
 SENSITIVE_INT8 = "last_matmul:int8,mixed_layers:int8"
 DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
-    # +0.65% perplexity on SmolLM2 (8192 tokens, BENCHMARKS.md) where block 128 symmetric cost +2.7%.
-    # Symmetric block 32 measured +0.54% at 3% fewer bytes: inside the half-percent that shorter
-    # evaluations moved, so not worth re-quantizing everyone's engines for.
-    "int8": {"block_size": 32, "is_symmetric": False},
+    # QuaRot's rotation first (model/rotation.py), then block 64 with zero points: on SmolLM2 -0.1% and
+    # +0.2% perplexity on two sets of three texts (8192 tokens each) where llama.cpp's Q8_0 gave +0.28%
+    # and +0.23%, at 138 MB read per token against Q8_0's 136; the unrotated block 32 asymmetric
+    # (default until 2026-12-05) gave +0.65% and +0.6% at 148 MB. Rotated block 32 scored better still
+    # (-0.2%, +0.1%) at 148 MB; symmetric block 64 +0.7% twice (BENCHMARKS.md, 2026-12-05 rotation).
+    "int8": {"block_size": 64, "is_symmetric": False, "rotate": "hadamard"},
     # Rounding, symmetric (no zero points: MatMulNBits' fast path), block 32, with lm_head and the
     # sensitive layers' v and down projections in int8 at block 64 (llama.cpp's Q4_K_M choice of
     # matrices; model/layout.py, since the builder has one block size). On SmolLM2 +14.6% perplexity at

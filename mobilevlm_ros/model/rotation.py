@@ -82,24 +82,37 @@ class RotatedOutput(nn.Module):
 def rotate_llama(llm, workdir: str, write_tokenizer: Callable[[str], None], mode: str = "hadamard"):
     """A LlamaForCausalLM rotated by QuaRot (a new fp32 model; `llm` is left as it was).
     `workdir`: room for two fp32 Llama folders."""
-    from transformers import LlamaForCausalLM
-
-    from .export import write_llama_folder
-
-    plain, rotated = os.path.join(workdir, "llama-fp32"), os.path.join(workdir, "llama-rotated")
-    os.makedirs(plain, exist_ok=True)
-    write_llama_folder(llm, plain, torch.float32, write_tokenizer)
-    rotate_llama_folder(plain, rotated, mode)
-    attn = llm.config._attn_implementation
-    return LlamaForCausalLM.from_pretrained(rotated, dtype=torch.float32, attn_implementation=attn).eval()
+    plain = _write_fp32(llm, workdir, write_tokenizer)
+    return _load(rotate_llama_folder(plain, os.path.join(workdir, "llama-rotated"), mode),
+                 llm.config._attn_implementation)
 
 
 def rotate_mobilevlm(model, workdir: str, write_tokenizer: Callable[[str], None], mode: str = "hadamard"):
     """`model` (reference.MobileVLM) with its Llama rotated and its projector's output rotated to
-    match: the same function, in place."""
-    embeddings = model.llm.get_input_embeddings().weight.detach()
-    rotated = rotate_llama(model.llm, workdir, write_tokenizer, mode)
-    rotation = recover_rotation(embeddings, rotated.get_input_embeddings().weight.detach())
-    model.llm = rotated
+    match: the same function, in place. The unrotated Llama is let go before Olive loads its own copy
+    (at V2-1.7B each is 5.5 GB in fp32)."""
+    plain = _write_fp32(model.llm, workdir, write_tokenizer)
+    embeddings = model.llm.get_input_embeddings().weight.detach().clone()
+    attn = model.llm.config._attn_implementation
+    model.llm = None
+    gc.collect()
+    model.llm = _load(rotate_llama_folder(plain, os.path.join(workdir, "llama-rotated"), mode), attn)
+    rotation = recover_rotation(embeddings, model.llm.get_input_embeddings().weight.detach())
     model.vision.projector = RotatedOutput(model.vision.projector, rotation)
     return model
+
+
+def _write_fp32(llm, workdir: str, write_tokenizer: Callable[[str], None]) -> str:
+    from .export import write_llama_folder
+
+    folder = os.path.join(workdir, "llama-fp32")
+    os.makedirs(folder, exist_ok=True)
+    write_llama_folder(llm, folder, torch.float32, write_tokenizer)
+    return folder
+
+
+def _load(folder: str, attn_implementation: str):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                            attn_implementation=attn_implementation).eval()
