@@ -14,6 +14,8 @@ import torch
 from mobilevlm_ros.tools.bench import cli as bench
 from mobilevlm_ros.tools.bench.common import frame
 from mobilevlm_ros.tools.bench.llamacpp import (
+    RACES,
+    contenders,
     cosines,
     format_ratios,
     format_vision_check,
@@ -85,6 +87,16 @@ def test_vision_check_lines_say_whether_the_same_thing_was_computed():
     assert "does NOT compute" in lines[-1]
     check["pairs"][0] = pair("llamacpp", "reference", 0.999)
     assert "llama.cpp computes what PyTorch does" in format_vision_check(check)[-1]
+
+
+def test_llamacpp_races_at_the_engines_bits(engines):
+    from mobilevlm_ros.model.llamacpp_vlm import QUANTS
+
+    assert contenders(engines("tiny", "int8")) == ("Q8_0",)
+    assert contenders(engines("tiny", "int4")) == ("Q4_0", "Q4_K_M")
+    assert contenders(engines("tiny", "fp32")) == ("Q4_0", "Q4_K_M")
+    made = {q for q, _ in QUANTS}  # what prepare converts
+    assert all(q in made for race in RACES.values() for q in race)
 
 
 def test_square_image_gives_our_pixels():

@@ -1,4 +1,4 @@
-"""A MobileVLM checkpoint as llama.cpp runs it: the LLM as Q4_0 / Q4_K_M GGUFs and the vision tower
+"""A MobileVLM checkpoint as llama.cpp runs it: the LLM as Q4_0 / Q4_K_M / Q8_0 GGUFs and the vision tower
 plus projector as an mmproj GGUF, made with llama.cpp's own tools (its MobileVLM recipe,
 docs/multimodal/MobileVLM.md), for the speed race in `mobilevlm-bench --llamacpp`.
 
@@ -25,7 +25,8 @@ from ..runtime.errors import CheckpointError
 # this project's venv uses; any other version is a multi-gigabyte download).
 CONVERTER_REQUIREMENTS = ("torch==2.13.0", "transformers==4.57.6", "numpy", "safetensors",
                           "sentencepiece", "protobuf", "pyyaml", "tqdm", "requests")
-QUANTS = (("Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0"), ("Q4_K_M", "LLAMA_FTYPE_MOSTLY_Q4_K_M"))
+QUANTS = (("Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0"), ("Q4_K_M", "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
+          ("Q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"))
 MMPROJ = "mmproj-model-f16.gguf"
 LEGACY = os.path.join("tools", "mtmd", "legacy-models")
 

@@ -1,5 +1,5 @@
-"""`mobilevlm-bench --llamacpp`: llama.cpp (Q4_0, Q4_K_M + its f16 mmproj) raced against our engine on
-the same checkpoint, frames, prompt token ids, thread count and greedy 32 tokens, in the same run.
+"""`mobilevlm-bench --llamacpp`: llama.cpp (its f16 mmproj, and the LLM at the bits of our engine: Q4_0
+and Q4_K_M against an int4 engine, Q8_0 against int8) raced against our engine on the same checkpoint, frames, prompt token ids, thread count and greedy 32 tokens, in the same run.
 
 Timings follow worker_ours: vision = the image encoder only (llama.cpp: mtmd_encode_chunk; its
 preprocessing happens in mtmd_tokenize, as ours happens before the vision engine); prefill = positions
@@ -18,7 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from .common import frame, peak_rss_mb
 
 LLAMACPP_SRC_HELP = ("llama.cpp source folder with convert_hf_to_gguf.py, gguf-py and "
                      "tools/mtmd/legacy-models (e.g. llama-cpp-python's sdist vendor/llama.cpp)")
+# llama.cpp's LLM quantizations raced against an engine of each precision (int4 for fp32/fp16 too).
+RACES = {"int4": ("Q4_0", "Q4_K_M"), "int8": ("Q8_0",)}
 # Ours divided by llama.cpp (rates) or llama.cpp by ours (times, memory): > 1 means ours is ahead.
 RATIOS = (("vision", "vision_ms", False), ("prefill", "prefill_tok_s", True),
           ("decode", "decode_tok_s", True), ("caption", "e2e_s", False), ("peak RSS", "peak_rss_mb", False))
@@ -34,10 +36,11 @@ RATIOS = (("vision", "vision_ms", False), ("prefill", "prefill_tok_s", True),
 def add_arguments(p) -> None:
     g = p.add_argument_group("--llamacpp: race llama.cpp on the same checkpoint")
     g.add_argument("--llamacpp", action="store_true",
-                   help="also run llama.cpp Q4_0 and Q4_K_M (needs llama-cpp-python and --llamacpp-src)")
+                   help="also run llama.cpp (Q4_0 and Q4_K_M against int4, Q8_0 against int8; needs "
+                        "llama-cpp-python and --llamacpp-src)")
     g.add_argument("--llamacpp-src", help=LLAMACPP_SRC_HELP)
     g.add_argument("--rounds", type=int, default=2,
-                   help="--llamacpp: rounds of alternating worker processes (ours, Q4_0, Q4_K_M)")
+                   help="--llamacpp: rounds of alternating worker processes (ours, then llama.cpp's)")
 
 
 def check_arguments(p, a, checkpoint: Optional[str]) -> None:
@@ -333,29 +336,38 @@ def format_vision_check(check: dict) -> List[str]:
     return lines
 
 
+def contenders(engine: str) -> Tuple[str, ...]:
+    """llama.cpp's quantizations to race an engine against: the same bits (its manifest's precision)."""
+    from ...runtime import manifest
+
+    return RACES.get(manifest.load(engine, verify=False).precision, RACES["int4"])
+
+
 def race_llamacpp(a, engine: str, checkpoint: str, run_worker: Callable[[str, str, object], dict],
                   log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
-    """Convert once, then alternate ours / Q4_0 / Q4_K_M processes for a.rounds rounds, then the
-    vision check. Returns ours (merged), the llama.cpp rows, their ratios and the printed lines."""
-    from ...model.llamacpp_vlm import QUANTS, prepare
+    """Convert once, then alternate ours and llama.cpp's processes (`contenders`) for a.rounds
+    rounds, then the vision check. Returns ours (merged), the llama.cpp rows, their ratios and the
+    printed lines."""
+    from ...model.llamacpp_vlm import prepare
 
+    quants = contenders(engine)
     paths = prepare(checkpoint, a.llamacpp_src, conversion_folder(a, checkpoint), a.threads, log)
-    per_round: Dict[str, List[dict]] = {"ours": [], **{q: [] for q, _ in QUANTS}}
+    per_round: Dict[str, List[dict]] = {"ours": [], **{q: [] for q in quants}}
     common = ["--new-tokens", str(a.new_tokens), "--runs", str(a.runs), "--threads", str(a.threads)]
     for r in range(a.rounds):
         log(f"round {r + 1}/{a.rounds}: ours ...")
         per_round["ours"].append(run_worker("ours", engine, a))
-        for q, _ in QUANTS:
+        for q in quants:
             log(f"round {r + 1}/{a.rounds}: llama.cpp {q} ...")
             per_round[q].append(_run_module_worker(["speed", paths[q], *common]))
     ours = merge_rounds(per_round["ours"])
-    rows = {f"llama.cpp {q}": merge_rounds(per_round[q]) for q, _ in QUANTS}
+    rows = {f"llama.cpp {q}": merge_rounds(per_round[q]) for q in quants}
     log("vision check ...")
-    vision = _run_module_worker(["vision", paths["Q4_0"], engine, checkpoint or "",
+    vision = _run_module_worker(["vision", paths[quants[0]], engine, checkpoint or "",
                                  "--threads", str(a.threads)])
     table_ratios = {name: ratios(ours, row) for name, row in rows.items()}
     lines = [f"llama.cpp: {a.rounds} rounds of alternating processes (ours, "
-             + ", ".join(q for q, _ in QUANTS) + f"), each {a.runs} runs after a warm-up; "
+             + ", ".join(quants) + f"), each {a.runs} runs after a warm-up; "
              "a row is the median of its rounds; llama.cpp's image encoder is its f16 mmproj"]
     lines += [format_ratios(name, r) for name, r in table_ratios.items()]
     lines += format_vision_check(vision)
