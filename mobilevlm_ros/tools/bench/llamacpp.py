@@ -1,5 +1,6 @@
 """`mobilevlm-bench --llamacpp`: llama.cpp (its f16 mmproj, and the LLM at the bits of our engine: Q4_0
-and Q4_K_M against an int4 engine, Q8_0 against int8) raced against our engine on the same checkpoint, frames, prompt token ids, thread count and greedy 32 tokens, in the same run.
+and Q4_K_M against an int4 engine, Q8_0 against int8) raced against our engine on the same checkpoint,
+frames, prompt token ids, thread count and greedy 32 tokens, in the same run.
 
 Timings follow worker_ours: vision = the image encoder only (llama.cpp: mtmd_encode_chunk; its
 preprocessing happens in mtmd_tokenize, as ours happens before the vision engine); prefill = positions
