@@ -99,6 +99,27 @@ def test_llamacpp_races_at_the_engines_bits(engines):
     assert all(q in made for race in RACES.values() for q in race)
 
 
+def test_a_rotated_engines_image_embeddings_are_compared_unrotated(engines, reference):
+    """The int8 default rotates the language model and the projector's output with it (model/rotation.py):
+    the vision check undoes that rotation, found from the engine's fp16 embedding table, before it
+    compares our image embeddings with PyTorch's."""
+    from mobilevlm_ros.runtime.image import preprocess
+    from mobilevlm_ros.runtime.vlm import VLM
+    from mobilevlm_ros.tools.bench.llamacpp import engine_rotation
+
+    engine, model = engines("tiny", "int8"), reference("tiny")
+    vlm = VLM(engine, threads=1)
+    assert vlm.manifest.data["quantization"].get("rotate")
+    pixels = preprocess(frame(0), vlm.image_size)
+    ours = np.asarray(vlm.vision(pixels)).reshape(-1, model.config.hidden_size)
+    with torch.no_grad():
+        ref = model.vision(torch.from_numpy(pixels))[0].numpy()
+    rotation = engine_rotation(engine, model)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(len(rotation)), atol=1e-5)
+    assert cosines(ours, ref)["flat"] < 0.5  # as the engine computes them: rotated
+    assert cosines(ours @ rotation.T, ref)["flat"] > 0.99
+
+
 def test_square_image_gives_our_pixels():
     from mobilevlm_ros.runtime.image import preprocess, square_image
 

@@ -54,14 +54,16 @@ def rotate_llama_folder(src: str, out: str, mode: str = "hadamard", seed: int = 
     return out
 
 
-def recover_rotation(embeddings: torch.Tensor, rotated: torch.Tensor) -> torch.Tensor:
+def recover_rotation(embeddings: torch.Tensor, rotated: torch.Tensor,
+                     tolerance: float = MAX_ROTATION_ERROR) -> torch.Tensor:
     """The orthogonal R with embeddings·R = rotated (orthogonal Procrustes: R = U·V^T from the SVD of
-    E^T·E'), checked: a mismatch is an error, not a silently wrong vision path."""
+    E^T·E'), checked: a mismatch is an error, not a silently wrong vision path. `tolerance`: larger for
+    a rotated table stored in fp16 (an engine's embed_tokens.npy)."""
     e, r = embeddings.double(), rotated.double()
     u, _, vt = torch.linalg.svd(e.T @ r)
     rotation = u @ vt
     error = ((e @ rotation - r).abs().max() / e.abs().max()).item()
-    if error > MAX_ROTATION_ERROR:
+    if error > tolerance:
         raise CheckpointError(f"the rotated embeddings are not the embeddings times one orthogonal "
                               f"matrix (relative error {error:.1e}): the vision path cannot follow")
     return rotation.float()

@@ -250,8 +250,21 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict:
     return {"flat": flat, "per_token": float(per.mean())}
 
 
+def engine_rotation(engine: str, model) -> np.ndarray:
+    """The rotation a rotated engine (model/rotation.py) applies to the residual stream, recovered
+    from its embedding table (fp16) against the checkpoint's (`model`: reference.MobileVLM)."""
+    import torch
+
+    from ...model.rotation import recover_rotation
+
+    table = torch.from_numpy(np.load(os.path.join(engine, "embed_tokens.npy")).astype(np.float32))
+    return recover_rotation(model.llm.get_input_embeddings().weight.detach(), table, tolerance=2e-3).numpy()
+
+
 def worker_vision_check(gguf: str, engine: str, checkpoint: Optional[str], threads: int) -> dict:
-    """Image embeddings of frame 0 from llama.cpp, our engine and (with a checkpoint) PyTorch, compared."""
+    """Image embeddings of frame 0 from llama.cpp, our engine and (with a checkpoint) PyTorch, compared.
+    A rotated engine's embeddings are compared after its rotation is undone (they enter a rotated
+    language model); without the checkpoint they are left as they are."""
     from ...model.llamacpp_vlm import MMPROJ
     from ...runtime.image import preprocess, square_image
     from ...runtime.vlm import VLM
@@ -272,8 +285,11 @@ def worker_vision_check(gguf: str, engine: str, checkpoint: Optional[str], threa
         from ...model.loader import load_checkpoint
 
         torch.set_num_threads(threads)
+        model = load_checkpoint(checkpoint)
         with torch.no_grad():
-            emb["reference"] = load_checkpoint(checkpoint).vision(torch.from_numpy(pixels))[0].numpy()
+            emb["reference"] = model.vision(torch.from_numpy(pixels))[0].numpy()
+        if (ours_vlm.manifest.data.get("quantization") or {}).get("rotate"):
+            emb["ours"] = emb["ours"] @ engine_rotation(engine, model).T  # back to the checkpoint's space
     pairs = [("llamacpp", "ours"), ("llamacpp_own_preprocessing", "llamacpp")]
     if "reference" in emb:
         pairs = [("llamacpp", "reference"), ("ours", "reference"),
