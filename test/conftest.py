@@ -65,6 +65,15 @@ def shown_texts(generator) -> list:
     return texts
 
 
+def sigint_default() -> None:
+    """Popen preexec_fn for a child a test stops with SIGINT: a shell that started the suite in the
+    background (`make test &`) leaves SIGINT ignored, children inherit that, and Python then never
+    raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def matmulnbits(engine: str) -> dict:
     """node name -> (attributes, [B, scales, zero points if any]) of every MatMulNBits of an engine's
     decoder graph."""

@@ -18,6 +18,8 @@ import pytest
 pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
 pytest.importorskip("ray", reason="Ray is not installed: run `make setup` (pip install .[fleet])")
 
+from conftest import sigint_default  # noqa: E402
+
 from mobilevlm_ros.regress import bag_paths, runner  # noqa: E402
 from mobilevlm_ros.regress import compare as C  # noqa: E402
 from mobilevlm_ros.regress.task import read_records  # noqa: E402
@@ -284,7 +286,8 @@ def test_ctrl_c_keeps_finished_bags_and_resume_skips_them(fleet, tmp_path):
     out = str(tmp_path / "o")
     cmd = [sys.executable, "-m", "mobilevlm_ros.tools.regress", *args, "--engine", DEMO_ENGINE, "--out", out,
            "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=sigint_default)
     try:
         end = time.monotonic() + 180
         while time.monotonic() < end and not _finished(out) and proc.poll() is None:

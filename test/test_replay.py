@@ -11,6 +11,7 @@ pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make s
 
 from pathlib import Path  # noqa: E402
 
+from conftest import sigint_default  # noqa: E402
 from rosbags.highlevel import AnyReader  # noqa: E402
 
 from mobilevlm_ros.ros import bags, report  # noqa: E402
@@ -275,7 +276,7 @@ def test_a_stopped_replay_leaves_a_readable_bag_of_what_it_recorded(signum, stat
     out = str(tmp_path / "out")
     proc = subprocess.Popen([sys.executable, "-m", "mobilevlm_ros.tools.replay", DEMO_BAG, "--engine", engine,
                              "--rate", "1", "--out", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+                            text=True, cwd=ROOT, preexec_fn=sigint_default)
     printed = []
     try:
         while len([line for line in printed if line.startswith("[")]) < 3:  # three captions in
