@@ -217,8 +217,13 @@ def run_builder(cmd: List[str], llama_folder: str) -> None:
     with open(os.path.join(llama_folder, "config.json")) as f:
         layers = json.load(f)["num_hidden_layers"]
     tail, quantized = deque(maxlen=40), 0
+    # The builder computes the RoPE caches with torch, whose cos goes through MKL's vector math: on an
+    # AVX-512 host about one process in eight computed rows 256+ (torch's second thread) 20x less
+    # accurately (1.5e-4), so two exports of the same checkpoint differed. One MKL code path fixes it.
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE"}
     with tqdm(total=layers, desc="decoder graph", unit="layer", leave=False) as bar, \
-            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env) as proc:
         for line in proc.stdout:
             tail.append(line)
             if line.startswith("Reading layer"):
