@@ -46,8 +46,9 @@ from .bridge import (
     imgmsg_to_rgb,
     rgb_to_imgmsg,
 )
+from .camera_input import CameraInput, reliability_name
 from .messages import answer_msg, caption_msg, detections_msg
-from .qos_check import PublisherEventCallbacks, SubscriptionEventCallbacks, incompatible_message
+from .qos_check import PublisherEventCallbacks, incompatible_message
 from .share import share_path
 from .worker import Frame, Job, Worker
 
@@ -63,6 +64,9 @@ REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64, reliability=
 RESULT_TIMEOUT_S = 60
 # An incompatible peer reports once per discovery; a camera driver restarting in a loop would flood.
 QOS_WARNING_PERIOD_S = 10.0
+# How often each camera's publishers are looked up (qos_reliability auto follows them).
+GRAPH_CHECK_S = 0.5
+LOST_HINT_PERIOD_S = 60.0
 
 
 def _descriptor(p: P.Param) -> ParameterDescriptor:
@@ -88,7 +92,8 @@ class VLMNode(LifecycleNode):
         self.model_id = ""
         self._state = "unconfigured"
         self._group = ReentrantCallbackGroup()
-        self._subs = {}  # camera -> its image subscription (topic_name: the input after remapping)
+        self._inputs = {}  # camera -> its CameraInput (the subscription, re-made as publishers change)
+        self._graph_timer = None
         self._service = None
         self._action = None
         self._diag_timer = None
@@ -99,6 +104,7 @@ class VLMNode(LifecycleNode):
         self.annotated_pub = None
         self.diag_pub = None
         self._qos_incompatible = {}  # topic -> incompatible-QoS events seen (for /diagnostics)
+        self._lost_reported = {}  # camera -> frames lost when we last said so
         self._qos_lock = threading.Lock()
 
     def _guard_change_state(self) -> None:
@@ -221,9 +227,7 @@ class VLMNode(LifecycleNode):
         except ValueError as e:
             self.get_logger().error(str(e))
             return TransitionCallbackReturn.FAILURE
-        reliability = (ReliabilityPolicy.RELIABLE if self._p("qos_reliability") == "reliable"
-                       else ReliabilityPolicy.BEST_EFFORT)
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self._p("qos_depth"), reliability=reliability)
+        mode = self._p("qos_reliability")
         for camera, transport in pairs:
             self.worker.add_camera(camera)
             if transport == "compressed":
@@ -231,13 +235,14 @@ class VLMNode(LifecycleNode):
                                                   check_compressed_imgmsg, compressed_imgmsg_to_rgb)
             else:
                 msg_type, topic, check, to_rgb = Image, f"{camera}/image_raw", check_imgmsg, imgmsg_to_rgb
-            fix = (f"Camera '{camera}': set the parameter qos_reliability to match it (best_effort "
-                   "also receives from reliable publishers).")
-            events = SubscriptionEventCallbacks(
-                incompatible_qos=self._on_incompatible_qos(topic, qos, "subscribes", fix))
-            self._subs[camera] = self.create_subscription(
-                msg_type, topic, lambda m, c=camera, k=check, f=to_rgb: self._on_frame(c, m, k, f), qos,
-                event_callbacks=events)
+            self._inputs[camera] = CameraInput(
+                self, camera, msg_type, topic, mode, self._p("qos_depth"),
+                on_message=lambda m, c=camera, k=check, f=to_rgb: self._on_frame(c, m, k, f),
+                incompatible_qos=lambda qos, t=topic, c=camera: self._on_camera_incompatible(c, t, qos, mode),
+                log=self.get_logger().info)
+        # rclpy has no graph-change callback (Humble has no matched event either): look every
+        # GRAPH_CHECK_S, in the frame callbacks' group, so no frame callback runs during a re-subscribe.
+        self._graph_timer = self.create_timer(GRAPH_CHECK_S, self._follow_publishers)
         self.worker.start()
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
         self._state = "active"
@@ -249,12 +254,13 @@ class VLMNode(LifecycleNode):
         super().on_deactivate(state)  # outputs off first: nothing is published from here on
         self._state = "inactive"
         self.worker.stop("node deactivated")
-        for sub in self._subs.values():
-            self.destroy_subscription(sub)
-        self._subs = {}
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
+        for camera_input in self._inputs.values():
+            camera_input.destroy()
+        self._inputs = {}
+        for timer in (self._diag_timer, self._graph_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._diag_timer = self._graph_timer = None
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -293,6 +299,33 @@ class VLMNode(LifecycleNode):
             self.get_logger().warning(f"camera '{camera}': frame refused: {e}", throttle_duration_sec=5.0)
             return
         self.worker.put_frame(camera, Frame(msg, to_rgb, time.monotonic()))
+
+    def _follow_publishers(self) -> None:
+        """Each camera's subscription re-made if its publishers now call for another reliability; a
+        hint, at most every LOST_HINT_PERIOD_S, when DDS lost frames of a camera."""
+        for camera, camera_input in self._inputs.items():
+            camera_input.update()
+            lost = camera_input.frames_lost
+            if lost > self._lost_reported.get(camera, 0):
+                self._lost_reported[camera] = lost
+                self.get_logger().warning(
+                    f"camera '{camera}': {lost} frame(s) lost in transport on {camera_input.topic_name} "
+                    f"(subscribed {reliability_name(camera_input.reliability)}). Large raw frames from "
+                    "another process lose fragments in Fast DDS's default 512 KB shared-memory segment: "
+                    "load config/fastdds_large_frames.xml in the camera's process and this one (README: "
+                    "'Large raw frames'), or publish reliable, or compressed",
+                    throttle_duration_sec=LOST_HINT_PERIOD_S)
+
+    def _on_camera_incompatible(self, camera: str, topic: str, qos: QoSProfile, mode: str):
+        """The incompatible-QoS callback of a camera subscription: the loud report when the reliability
+        is fixed by the parameter; under auto the next look at the graph re-subscribes (within
+        GRAPH_CHECK_S), so a publisher that just appeared is no mismatch to report."""
+        if mode != "auto":
+            fix = (f"Camera '{camera}': set the parameter qos_reliability to auto (follows the publishers) "
+                   "or to match it.")
+            return self._on_incompatible_qos(topic, qos, "subscribes", fix)
+        return lambda info: self.get_logger().debug(
+            f"camera '{camera}': a publisher with incompatible QoS appeared on {topic}; following it")
 
     def _output(self, msg_type, topic: str, depth: int):
         """A lifecycle publisher (enabled only while active) that reports incompatible subscribers."""
@@ -459,8 +492,12 @@ class VLMNode(LifecycleNode):
             values.update({f"{cam}.frames_received": st.received, f"{cam}.frames_dropped": st.dropped,
                            f"{cam}.frames_refused": st.refused, f"{cam}.captions": st.captions,
                            f"{cam}.captions_reused": st.reused})
-            if cam in self._subs:  # where a replay (or a person) must publish this camera's frames
-                values[f"{cam}.topic"] = self._subs[cam].topic_name
+            camera_input = self._inputs.get(cam)
+            if camera_input is not None:  # where a replay (or a person) must publish this camera's frames
+                values.update({f"{cam}.topic": camera_input.topic_name,
+                               f"{cam}.qos_reliability": reliability_name(camera_input.reliability),
+                               f"{cam}.publishers": len(camera_input.publishers),
+                               f"{cam}.frames_lost": camera_input.frames_lost})
             if st.received == 0:
                 stale.append(cam)
         t = snap.last_timings

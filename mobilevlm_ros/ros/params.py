@@ -28,7 +28,7 @@ def _directory_or_empty(v: Any) -> str:
 # A camera name becomes part of topic names: N/image_raw.
 CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 TRANSPORTS = ("raw", "compressed")
-RELIABILITIES = ("best_effort", "reliable")
+RELIABILITIES = ("auto", "best_effort", "reliable")
 
 
 def _camera_names(v: Any) -> str:
@@ -79,8 +79,9 @@ PARAMS = (
           check=_camera_names),
     Param("transports", ["raw"], "per camera: raw or compressed (one value applies to every camera)",
           check=_transports),
-    Param("qos_reliability", "best_effort", "camera subscriptions: best_effort (sensor data) or reliable",
-          check=_one_of(*RELIABILITIES)),
+    Param("qos_reliability", "auto", "camera subscriptions: auto (reliable when every publisher of the "
+                                     "topic is, else best effort; follows them as they change), best_effort "
+                                     "or reliable", check=_one_of(*RELIABILITIES)),
     Param("qos_depth", 1, "camera subscription queue depth (the node keeps only the newest frame anyway)",
           (1, 100)),
     Param("caption_rate_hz", 0.5, "captions per second and camera; 0: no periodic captions",

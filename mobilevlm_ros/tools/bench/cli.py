@@ -8,6 +8,7 @@
   mobilevlm-bench --kernels                                # the CPU matrix kernels, side by side
   mobilevlm-bench --node [ENGINE_DIR] [--cameras 1 4] ...   # the node under a fixed camera load
   mobilevlm-bench --regress [ENGINE_DIR] [--bags 8]         # mobilevlm-regress serially vs on Ray
+  mobilevlm-bench --delivery [ENGINE_DIR] [--sizes 640x480]  # raw frames from another process: what arrives
 
 Prints, for our engine and for the transformers PyTorch fp32 reference: vision ms, prefill tokens/s,
 decode tokens/s, time to first token, end-to-end caption latency (N new tokens), peak RSS; and the
@@ -66,6 +67,18 @@ def main(argv=None) -> int:
                       help="the node's change_threshold (0: every caption runs inference)")
     node.add_argument("--max-batch", type=int, nargs="+", default=[1, 4],
                       help="the node's max_batch values to run (1: one answer at a time, the baseline)")
+    delivery = p.add_argument_group("--delivery: raw frames from a camera in another process")
+    delivery.add_argument("--delivery", action="store_true",
+                          help="count what reaches the node at each frame size, rate and publisher QoS")
+    delivery.add_argument("--sizes", nargs="+", default=["640x480", "1280x720", "1920x1080"])
+    delivery.add_argument("--rates", type=float, nargs="+", default=[10.0, 30.0])
+    delivery.add_argument("--seconds", type=float, default=5.0, help="seconds of frames per measurement")
+    delivery.add_argument("--profiles", nargs="+", default=["default", "large_frames"],
+                          choices=["default", "large_frames", "large_frames_node_only",
+                                   "large_frames_camera_only"],
+                          help="default: Fast DDS as installed; large_frames: "
+                               "config/fastdds_large_frames.xml in the camera's and the node's processes; "
+                               "or in one of them")
     from .regress import add_arguments as add_regress_arguments
 
     add_regress_arguments(p)
@@ -74,6 +87,10 @@ def main(argv=None) -> int:
         from . import regress
 
         return regress.main(a)
+    if a.delivery:
+        from . import delivery
+
+        return delivery.main(a)
     if a.node:
         from . import node
 
