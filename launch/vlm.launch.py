@@ -3,7 +3,7 @@
   ros2 launch mobilevlm_ros vlm.launch.py [model:=NAME] [params_file:=my.yaml] [engine_dir:=DIR]
       [backend:=auto|cpu|cuda|tensorrt] [cameras:="[front, rear]"] [front_topic:=/cam0/image_raw]
       [front_compressed_topic:=/cam0/image_raw/compressed] [camera_topic:=...] [compressed_topic:=...]
-      [namespace:=robot] [node_name:=vlm]
+      [namespace:=robot] [node_name:=vlm] [large_frames:=false]
 
 Parameters come from params_file (default config/vlm.yaml), then from model:=NAME's
 config/models/NAME.yaml (one file per model variant: engine_dir, backend, threads, max_context,
@@ -17,6 +17,9 @@ params file) for each camera N of its `cameras` parameter:
 These per-camera arguments are not declared (ros2 launch passes any name:=value on); without
 cameras:= they apply to whichever camera they name. camera_topic:= and compressed_topic:= are those
 of the default camera `camera`, so a single camera needs no params file.
+large_frames:=true makes the node's Fast DDS load config/fastdds_large_frames.xml (a 32 MB shared-memory
+segment, for raw frames over 512 KB). A camera's frames need it in the camera driver's process too: the
+publisher's segment is the one that must hold a frame (README, "Large raw frames").
 Argument handling: mobilevlm_ros/ros/launch_args.py.
 """
 
@@ -29,7 +32,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 
-from mobilevlm_ros.ros.launch_args import camera_remappings, node_parameters, parse_cameras
+from mobilevlm_ros.ros.launch_args import camera_remappings, node_environment, node_parameters, parse_cameras
 
 PACKAGE = "mobilevlm_ros"
 
@@ -51,6 +54,7 @@ def _node(context):
         output="screen",
         parameters=parameters,
         remappings=camera_remappings(parse_cameras(configs["cameras"]), configs),
+        additional_env=node_environment(configs, get_package_share_directory(PACKAGE)),
     )]
 
 
@@ -69,6 +73,8 @@ def generate_launch_description():
                                  "(transports: [compressed]); empty: camera/image_raw/compressed"),
         ("namespace", "", "namespace of the node and its topics"),
         ("node_name", "vlm", "node name"),
+        ("large_frames", "false", "true: the node's Fast DDS loads config/fastdds_large_frames.xml (give the "
+                                  "camera driver's process the same profile: README, Large raw frames)"),
     ]
     return LaunchDescription([DeclareLaunchArgument(name, default_value=default, description=description)
                               for name, default, description in arguments]

@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -63,6 +67,65 @@ def shown_texts(generator) -> list:
         generator.generate_next_token()
         texts.append(generator.text)
     return texts
+
+
+CHILD_TIMEOUT = 30.0  # seconds a node process has for what a test waits on
+
+
+def wait_for(predicate, timeout=CHILD_TIMEOUT, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class NodeProcess:
+    """`python -m mobilevlm_ros.ros.node` in namespace /<ns> with `params` (the rest at their defaults),
+    in environment `env` (default: this one), its log collected line by line."""
+
+    def __init__(self, ns: str, env=None, **params):
+        args = [sys.executable, "-m", "mobilevlm_ros.ros.node", "--ros-args", "-r", f"__ns:=/{ns}"]
+        for k, v in params.items():
+            args += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
+        self.ns = ns
+        self.lines: list = []
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_log(self, needle: str, timeout: float = CHILD_TIMEOUT):
+        wait_for(lambda: needle in self.log or self.proc.poll() is not None, timeout,
+                 f"'{needle}' in the node log")
+        assert needle in self.log, (f"node exited ({self.proc.returncode}) "
+                                    f"before logging {needle!r}:\n{self.log}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kb / 1024
+
+    def stop(self):
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def sigint_default() -> None:

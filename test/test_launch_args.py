@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from mobilevlm_ros.ros import params as P
-from mobilevlm_ros.ros.launch_args import camera_remappings, model_files, node_parameters, parse_cameras
+from mobilevlm_ros.ros.launch_args import (
+    camera_remappings,
+    model_files,
+    node_environment,
+    node_parameters,
+    parse_cameras,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # laid out like the installed share
 MODEL_FILES = sorted(glob.glob(os.path.join(ROOT, "config", "models", "*.yaml")))
@@ -173,3 +179,23 @@ def test_launch_file_declares_and_documents_its_arguments():
     doc = ast.get_docstring(tree)
     assert all(f"{name}:=" in doc for name in declared), [n for n in declared if f"{n}:=" not in doc]
     assert "N_topic:=" in doc and "N_compressed_topic:=" in doc
+
+
+def test_large_frames_points_the_node_at_a_profile_whose_segment_holds_1080p_frames():
+    import xml.etree.ElementTree as ET
+
+    assert node_environment({}, ROOT) == {} == node_environment({"large_frames": "false"}, ROOT)
+    env = node_environment({"large_frames": "True"}, ROOT)
+    assert set(env) == {"FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"}  # Fast DDS 2 and 3
+    (path,) = set(env.values())
+    ns = {"f": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    root = ET.parse(path).getroot()
+    (participant,) = root.findall("f:participant", ns)
+    assert participant.get("is_default_profile") == "true"  # what rmw_fastrtps loads without being asked
+    descriptors = {d.findtext("f:transport_id", None, ns): d
+                   for d in root.iter(f"{{{ns['f']}}}transport_descriptor")}
+    used = [descriptors[t.text] for t in participant.iter(f"{{{ns['f']}}}transport_id")]
+    assert [d.findtext("f:type", None, ns) for d in used] == ["SHM", "UDPv4"]  # other hosts still reached
+    assert int(used[0].findtext("f:segment_size", None, ns)) >= 4 * 1920 * 1080 * 3
+    with pytest.raises(ValueError, match="large_frames"):
+        node_environment({"large_frames": "yes"}, ROOT)

@@ -8,10 +8,7 @@ still be alive and answer.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,7 +18,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) is not installed: run `make setup`")
 
 from action_msgs.msg import GoalStatus  # noqa: E402
-from conftest import CORRUPTIONS  # noqa: E402
+from conftest import CORRUPTIONS, NodeProcess, wait_for  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
@@ -44,67 +41,10 @@ DISCOVERY_SETTLE_S = 2.0
 FIRST_REPLY_RESEND_S = 10.0  # well above a tiny engine's answer, so a slow reply is rarely asked twice
 
 
-def wait_for(predicate, timeout=TIMEOUT, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def image_msg(width: int, height: int, seed: int = 0) -> Image:
     rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3,
                  data=rgb.tobytes())
-
-
-class NodeProcess:
-    """`python -m mobilevlm_ros.ros.node` in namespace /<ns>, its log collected line by line."""
-
-    def __init__(self, ns: str, engine: str, **params):
-        values = dict(engine_dir=engine, cameras=["front"], caption_rate_hz=0.0, max_new_tokens=8, threads=1,
-                      backend="cpu")
-        values.update(params)
-        args = [sys.executable, "-m", "mobilevlm_ros.ros.node", "--ros-args", "-r", f"__ns:=/{ns}"]
-        for k, v in values.items():
-            args += ["-p", f"{k}:={json.dumps(v) if isinstance(v, (list, bool)) else v}"]
-        self.ns = ns
-        self.lines: list = []
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_log(self, needle: str, timeout: float = TIMEOUT):
-        wait_for(lambda: needle in self.log or self.proc.poll() is not None, timeout,
-                 f"'{needle}' in the node log")
-        assert needle in self.log, (f"node exited ({self.proc.returncode}) "
-                                    f"before logging {needle!r}:\n{self.log}")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def rss_mb(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        return kb / 1024
-
-    def stop(self):
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class ClientNode(rclpy.node.Node):
@@ -142,7 +82,9 @@ def start_node(engines):
 
     def start(engine=None, wait="active:", **params):
         ns = f"h{os.getpid()}_{len(made)}_{int(time.monotonic() * 1000) % 100000}"
-        node = NodeProcess(ns, engine or engines("tiny", "fp32"), **params)
+        values = dict(engine_dir=engine or engines("tiny", "fp32"), cameras=["front"], caption_rate_hz=0.0,
+                      max_new_tokens=8, threads=1, backend="cpu")
+        node = NodeProcess(ns, **{**values, **params})
         made.append(node)
         if wait:
             node.wait_log(wait)

@@ -105,5 +105,7 @@ class CameraInput:
 
 
 def _node_name(info) -> str:
-    namespace = info.node_namespace.rstrip("/")
-    return f"{namespace}/{info.node_name}" if info.node_name else "(unnamed node)"
+    # Until the publisher's ROS graph message arrives, rmw names its node _NODE_NAME_UNKNOWN_.
+    if not info.node_name or info.node_name.startswith("_NODE_NAME_UNKNOWN"):
+        return "a node not named yet"
+    return f"{info.node_namespace.rstrip('/')}/{info.node_name}"

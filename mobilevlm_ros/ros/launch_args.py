@@ -11,6 +11,7 @@ import os
 from typing import Dict, List, Tuple, Union
 
 from . import params as P
+from .dds_profile import LARGE_FRAMES_PROFILE, profile_environment
 
 # The camera a node without a `cameras` setting has; `camera_topic` / `compressed_topic` remap it.
 DEFAULT_CAMERA = "camera"
@@ -108,3 +109,16 @@ def node_parameters(configs: Dict[str, str], share_dir: str) -> List[Union[str, 
         if reason:
             raise ValueError(reason)
     return files + ([overrides] if overrides else [])
+
+
+def node_environment(configs: Dict[str, str], share_dir: str) -> Dict[str, str]:
+    """Environment variables for the node's process: with `large_frames:=true`, the ones that make its
+    Fast DDS load config/fastdds_large_frames.xml (for what the node publishes, e.g. ~/annotated at
+    camera resolution; a camera's frames need the profile in the camera's process). ValueError for a
+    value that is not true or false."""
+    value = configs.get("large_frames", "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"large_frames: {configs['large_frames']!r} must be true or false")
+    if value == "false":
+        return {}
+    return profile_environment(os.path.join(share_dir, LARGE_FRAMES_PROFILE))

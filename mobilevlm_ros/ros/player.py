@@ -2,7 +2,11 @@
 
 Frames go to the node's camera inputs: the topics a running node reports on /diagnostics ("<camera>.topic",
 after its remaps), or given by the user, else the names an unremapped node subscribes to
-(<node's namespace>/<camera>/image_raw[/compressed]). Questions go to the node's ~/ask service. The bag's
+(<node's namespace>/<camera>/image_raw[/compressed]). They are published reliable, which every
+subscription receives; before the first frame the player reads from the graph what the node subscribes
+with, and waits for a node that follows its publishers (qos_reliability auto) to re-subscribe reliable:
+a frame sent into the subscription being replaced would be lost, and a best-effort reader in another
+process loses most large frames. Questions go to the node's ~/ask service. The bag's
 questions come from bags.QUESTIONS_TOPIC, a convention of the bag, not the node's name.
 """
 
@@ -31,6 +35,8 @@ from .bridge import compressed_imgmsg_to_rgb, imgmsg_to_rgb
 from .params import CAMERA_NAME
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+# How long a node with qos_reliability auto may take to re-subscribe reliable (it looks every 0.5 s).
+FOLLOW_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -171,13 +177,23 @@ def reported_inputs(ros_node, node: str, timeout: float) -> Dict[str, str]:
     return dict(found)
 
 
+def subscribed_reliability(ros_node, topic: str, node: str) -> Optional[ReliabilityPolicy]:
+    """The reliability the node `node` (fully qualified) subscribes to `topic` with, from the graph;
+    None while the graph shows no subscription of that node (or several, during a re-subscribe)."""
+    namespace, name = split_node_name(node)
+    mine = [i.qos_profile.reliability for i in ros_node.get_subscriptions_info_by_topic(topic)
+            if i.node_name == name and i.node_namespace == namespace]
+    return mine[0] if len(mine) == 1 else None
+
+
 class Player:
     """Publishes a bag's frames to the node `node` (fully qualified name) and asks its questions.
     `inputs`: camera -> the topic the node takes that camera's frames on."""
 
     def __init__(self, ros_node, node: str, transports: Dict[str, str], inputs: Dict[str, str]):
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # a replay drops nothing
-        self.node = node
+        self.ros_node, self.node = ros_node, node
+        self.subscribed: Dict[str, str] = {}  # camera -> what the node subscribes with (wait_for_node)
         self.publishers = {}
         for cam, transport in transports.items():
             msg_class = CompressedImage if transport == "compressed" else Image
@@ -192,6 +208,19 @@ class Player:
         for cam, pub in self.publishers.items():
             wait_until(lambda: pub.get_subscription_count() > 0, timeout,
                        f"the node to subscribe to camera {cam} ({pub.topic_name})")
+            try:  # a node in auto mode follows this reliable publisher: its new reader must be matched
+                wait_until(lambda: subscribed_reliability(self.ros_node, pub.topic_name, self.node)
+                           == ReliabilityPolicy.RELIABLE and pub.get_subscription_count() > 0,
+                           FOLLOW_TIMEOUT_S, "")
+                self.subscribed[cam] = "reliable"
+            except RuntimeError:
+                self.subscribed[cam] = "best_effort"
+                print(f"note: {self.node} subscribes to {pub.topic_name} best effort (its qos_reliability "
+                      "is best_effort?): a frame over ~500 KB reaches it from this process only if the "
+                      "publisher's Fast DDS has a segment that holds it (mobilevlm-replay loads "
+                      "config/fastdds_large_frames.xml unless a profile is set); set the node's "
+                      "qos_reliability to auto or reliable to have lost fragments sent again",
+                      file=sys.stderr)
 
     def publish_frame(self, event: Event) -> None:
         """Publish a frame event's recorded bytes, as they are."""

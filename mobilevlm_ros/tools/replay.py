@@ -20,6 +20,10 @@ written to OUT_BAG as NAME/caption, NAME/answers (and NAME/annotated) with our m
 embedded. `--compare EXPECTED_BAG` reports text changes and box IoU against an earlier run (also one
 recorded under another node name) and exits 1 past the tolerance. Stopped by Ctrl-C or SIGTERM, it
 still writes OUT_BAG with everything recorded up to then (exit status 130 or 143).
+Frames are published reliable; against a running node the player first waits for the node to subscribe
+reliable (qos_reliability auto follows it). This process loads config/fastdds_large_frames.xml (Fast DDS)
+unless FASTRTPS_DEFAULT_PROFILES_FILE or FASTDDS_DEFAULT_PROFILES_FILE is set: then raw frames over
+512 KB also reach a node that subscribes best effort.
 """
 
 from __future__ import annotations
@@ -96,7 +100,11 @@ def main(argv=None) -> int:
             return 1
         shutil.rmtree(a.out)
     from ..ros import report
+    from ..ros.dds_profile import load_large_frames_profile
 
+    # This process publishes the bag's frames: as the writer, its shared-memory segment must hold one
+    # (README "Large raw frames"). Before rclpy starts: Fast DDS reads the profile variables once.
+    load_large_frames_profile()
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         summary = replay(a.bag, a.out, a.engine, a.rate, a.questions, a.annotated or bool(a.frames_png),

@@ -9,7 +9,7 @@ Waits for a subscriber, then `--settle` seconds (a node following the publisher'
 meanwhile; nothing is sent), then publishes `--frames` frames at `--rate` Hz, each a different scene
 (8 in turn), stamped with the wall clock. Reliable: the ROS default profile (keep last 10); best effort:
 the sensor-data profile (keep last 5), the two a camera driver ships with. Prints one JSON line
-({"published", "first_stamp_ns", "last_stamp_ns"}) and lingers `--linger` seconds so that a reliable
+({"published", "stamps_ns": each frame's stamp}) and lingers `--linger` seconds so that a reliable
 writer can repair its last frames.
 """
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                 return 1
             time.sleep(0.02)
         time.sleep(a.settle)
-        t0, first, last = time.monotonic(), 0, 0
+        t0, stamps = time.monotonic(), []
         for i in range(a.frames):
             time.sleep(max(0.0, t0 + i / a.rate - time.monotonic()))
             stamp = time.time_ns()
@@ -76,8 +76,8 @@ def main(argv=None) -> int:
             msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
             msg.header.frame_id = a.frame_id
             pub.publish(msg)
-            first, last = first or stamp, stamp
-        print(json.dumps({"published": a.frames, "first_stamp_ns": first, "last_stamp_ns": last}), flush=True)
+            stamps.append(stamp)
+        print(json.dumps({"published": a.frames, "stamps_ns": stamps}), flush=True)
         time.sleep(a.linger)
     finally:
         node.destroy_node()
