@@ -64,8 +64,10 @@ class CameraInput:
         self.reliability = ReliabilityPolicy.BEST_EFFORT
         self.publishers: List[Tuple[str, ReliabilityPolicy]] = []
         self.subscription = None
+        self._closed = False
         self._lost = 0  # frames DDS reported lost, over every subscription this camera had
         self._lock = threading.Lock()
+        self._subscribing = threading.Lock()  # destroy() (deactivate) waits for an update() under way
         self.update(initial=True)
 
     @property
@@ -76,6 +78,10 @@ class CameraInput:
     def update(self, initial: bool = False) -> bool:
         """Look at the topic's publishers; re-subscribe if the reliability to use changed. Call it from
         the callback group of the frame callbacks, so that no frame callback runs meanwhile."""
+        with self._subscribing:
+            return not self._closed and self._update(initial)
+
+    def _update(self, initial: bool) -> bool:
         self.publishers = sorted(
             (_node_name(p), p.qos_profile.reliability)
             for p in self.node.get_publishers_info_by_topic(self.topic_name))
@@ -95,9 +101,11 @@ class CameraInput:
         return True
 
     def destroy(self) -> None:
-        if self.subscription is not None:
-            self.node.destroy_subscription(self.subscription)
-            self.subscription = None
+        with self._subscribing:
+            self._closed = True
+            if self.subscription is not None:
+                self.node.destroy_subscription(self.subscription)
+                self.subscription = None
 
     def _count_lost(self, info) -> None:
         with self._lock:

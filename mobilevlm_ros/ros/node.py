@@ -254,13 +254,13 @@ class VLMNode(LifecycleNode):
         super().on_deactivate(state)  # outputs off first: nothing is published from here on
         self._state = "inactive"
         self.worker.stop("node deactivated")
-        for camera_input in self._inputs.values():
-            camera_input.destroy()
-        self._inputs = {}
         for timer in (self._diag_timer, self._graph_timer):
             if timer is not None:
                 self.destroy_timer(timer)
         self._diag_timer = self._graph_timer = None
+        for camera_input in self._inputs.values():
+            camera_input.destroy()  # after a graph check under way; later ones find it closed
+        self._inputs = {}
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -79,6 +79,10 @@ def main(argv=None) -> int:
                           help="default: Fast DDS as installed; large_frames: "
                                "config/fastdds_large_frames.xml in the camera's and the node's processes; "
                                "or in one of them")
+    delivery.add_argument("--publishers", nargs="+", default=["reliable", "best_effort"],
+                          choices=["reliable", "best_effort"], help="the camera's reliability, in turn")
+    delivery.add_argument("--node-qos", default="", choices=["", "auto", "best_effort", "reliable"],
+                          help="the node's qos_reliability (default: its default, auto)")
     from .regress import add_arguments as add_regress_arguments
 
     add_regress_arguments(p)

@@ -120,12 +120,14 @@ def _count(values: dict, key: str) -> int:
 
 
 def measure(engine: Optional[str], sizes: List[str], rates: List[float], seconds: float,
-            profiles: List[str], reliabilities=("reliable", "best_effort")) -> List[dict]:
+            profiles: List[str], reliabilities=("reliable", "best_effort"), node_qos: str = "") -> List[dict]:
+    """One row per (profile, size, rate, publisher reliability); `node_qos`: the node's qos_reliability
+    ('' for its default)."""
     rows = []
     topic = f"{NAMESPACE}/{CAMERA}/image_raw"
     for profile in profiles:
         node_env, env = (profile_env(p) for p in PROFILES[profile])
-        node = start_node(engine, node_env)
+        node = start_node(engine, node_env, **({"qos_reliability": node_qos} if node_qos else {}))
         diagnostics = Diagnostics(f"{NAMESPACE}/vlm")
         try:
             diagnostics.fresh(timeout=120)
@@ -179,7 +181,7 @@ def table(rows: List[dict]) -> str:
 
 def main(a) -> int:
     """Called by mobilevlm-bench --delivery with its parsed arguments."""
-    rows = measure(a.engine, a.sizes, a.rates, a.seconds, a.profiles)
+    rows = measure(a.engine, a.sizes, a.rates, a.seconds, a.profiles, a.publishers, a.node_qos)
     print(table(rows))
     if a.json:
         with (sys.stdout if a.json == "-" else open(a.json, "w")) as f:
