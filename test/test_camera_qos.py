@@ -204,6 +204,8 @@ def test_the_subscription_follows_publishers_that_change_and_the_camera_keeps_it
         "best_effort", "reliable", "best_effort", "reliable"], changes  # the first: no publisher yet
     values = listener.values()
     assert int(values["camera.captions"]) + int(values["camera.captions_reused"]) >= 2
+    received = [int(r["camera.frames_received"]) for r in listener.reports]  # every 0.5 s: a reset shows
+    assert received == sorted(received) and received[-1] > received_back, received
     assert "incompatible QoS" not in node.log
 
 
