@@ -260,7 +260,7 @@ class VLMNode(LifecycleNode):
         self._diag_timer = self._graph_timer = None
         for camera_input in self._inputs.values():
             camera_input.destroy()  # after a graph check under way; later ones find it closed
-        self._inputs = {}
+        self._inputs, self._lost_reported = {}, {}
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -312,8 +312,8 @@ class VLMNode(LifecycleNode):
                     f"camera '{camera}': {lost} frame(s) lost in transport on {camera_input.topic_name} "
                     f"(subscribed {reliability_name(camera_input.reliability)}). Large raw frames from "
                     "another process lose fragments in Fast DDS's default 512 KB shared-memory segment: "
-                    "load config/fastdds_large_frames.xml in the camera's process and this one (README: "
-                    "'Large raw frames'), or publish reliable, or compressed",
+                    "load config/fastdds_large_frames.xml in the camera's process (README: Large raw frames "
+                    "from another process), or publish reliable, or compressed",
                     throttle_duration_sec=LOST_HINT_PERIOD_S)
 
     def _on_camera_incompatible(self, camera: str, topic: str, qos: QoSProfile, mode: str):

@@ -193,7 +193,6 @@ class Player:
     def __init__(self, ros_node, node: str, transports: Dict[str, str], inputs: Dict[str, str]):
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # a replay drops nothing
         self.ros_node, self.node = ros_node, node
-        self.subscribed: Dict[str, str] = {}  # camera -> what the node subscribes with (wait_for_node)
         self.publishers = {}
         for cam, transport in transports.items():
             msg_class = CompressedImage if transport == "compressed" else Image
@@ -212,9 +211,7 @@ class Player:
                 wait_until(lambda: subscribed_reliability(self.ros_node, pub.topic_name, self.node)
                            == ReliabilityPolicy.RELIABLE and pub.get_subscription_count() > 0,
                            FOLLOW_TIMEOUT_S, "")
-                self.subscribed[cam] = "reliable"
             except RuntimeError:
-                self.subscribed[cam] = "best_effort"
                 print(f"note: {self.node} subscribes to {pub.topic_name} best effort (its qos_reliability "
                       "is best_effort?): a frame over ~500 KB reaches it from this process only if the "
                       "publisher's Fast DDS has a segment that holds it (mobilevlm-replay loads "
