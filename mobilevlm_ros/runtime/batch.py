@@ -23,6 +23,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from .answer_types import AnswerType
 from .generation import GenerationParams, Generator
 from .types import Answer
 
@@ -60,7 +61,7 @@ class Batch:
 
     def add(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
             cancel: Optional[threading.Event] = None, on_text: Optional[Callable[[str, int], None]] = None,
-            phrase: str = "", tag: object = None) -> Sequence:
+            phrase: str = "", tag: object = None, answer_type: Optional[AnswerType] = None) -> Sequence:
         """Prefill `question` (None: a caption) about `rgb` into a free cache row; the sequence
         decodes from the next `step()` on. Bad input raises as VLM.describe does, and nothing joins.
         A row that already holds this frame's image prefix is taken first (no vision, no image prefill)."""
@@ -69,7 +70,7 @@ class Batch:
             raise RuntimeError(f"the batch is full: all {self.vlm.max_batch} cache rows decode a sequence")
         started = time.perf_counter()
         row = self.vlm.row_for(rgb, free)
-        generator = self.vlm.generator(rgb, question, params, cancel, row=row)
+        generator = self.vlm.generator(rgb, question, params, cancel, row=row, answer_type=answer_type)
         seq = Sequence(generator, rgb, question, phrase, on_text, started, tag)
         self.sequences.append(seq)
         self.vlm.rows_in_use.add(row)
@@ -77,11 +78,17 @@ class Batch:
 
     def step(self) -> List[Sequence]:
         """One token for every sequence, in one decoder call; returns the sequences that ended,
-        each with its `answer`, and no longer in the batch."""
+        each with its `answer`, and no longer in the batch. A typed answer whose grammar forces
+        tokens after its chosen one runs them in a call of its own (jump-forward: one call, not one
+        step per forced token)."""
         running, tokens = [], []
         for seq in self.sequences:
             token = seq.generator.next_token()
-            if token is not None:
+            if token is not None and seq.generator.forced:
+                t0 = time.perf_counter()
+                logits = self.vlm.decoder.run(self.vlm.table[[token] + seq.generator.forced], seq.row)
+                seq.generator.feed(logits, time.perf_counter() - t0)
+            elif token is not None:
                 running.append(seq)
                 tokens.append(token)
         if running:
@@ -97,9 +104,9 @@ class Batch:
                 seq.on_text(seq.generator.text, len(seq.generator.token_ids))
         ended = [s for s in self.sequences if s.generator.is_done()]
         self.sequences = [s for s in self.sequences if not s.generator.is_done()]
-        for seq in ended:
-            self.vlm.rows_in_use.discard(seq.row)
+        for seq in ended:  # answered first: a closed set is scored in the sequence's own row
             seq.answer = self.vlm.answer(seq.generator, seq.rgb, seq.question, seq.phrase, seq.started)
+            self.vlm.rows_in_use.discard(seq.row)
         return ended
 
     def clear(self) -> List[Sequence]:

@@ -10,6 +10,11 @@
 It stops on EOS, a stop string, max_new_tokens, or a cancel between tokens. Batched decoding
 (batch.py) splits a step in two: `next_token()` chooses the token, one decoder call runs it for
 every sequence of the batch, and `feed()` hands each its logits.
+
+A typed answer (constraint.py) has a grammar: its mask goes over the logits before the sampler,
+greedy or not, and where the grammar then allows one continuation only, those tokens (`forced`)
+follow the chosen one into the same decoder call (jump-forward). It ends "complete" when the
+grammar allows nothing more.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .answer_types import AnswerType
+from .constraint import Constraint, chosen_probability
 from .engines import DecoderEngine
 from .tokenizer import Tokenizer
 from .types import Timings
@@ -89,14 +96,17 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 class Generator:
     """One answer being generated from the decoder's state after prefill.
 
-    `finish_reason` is "" while it runs, then "eos", "stop", "length" or "cancelled".
-    `timings` (decode_s, new_tokens) is updated as it goes.
+    `finish_reason` is "" while it runs, then "eos", "stop", "length", "cancelled", or "complete" (a
+    typed answer's grammar allows nothing more). `timings` (decode_s, new_tokens) is updated as it goes.
     """
 
     def __init__(self, decoder: DecoderEngine, table: np.ndarray, tokenizer: Tokenizer,
                  prefill_logits: np.ndarray, params: GenerationParams,
                  cancel: Optional[threading.Event] = None, timings: Optional[Timings] = None,
-                 row: int = 0):
+                 row: int = 0, constraint: Optional[Constraint] = None,
+                 answer_type: Optional[AnswerType] = None, start_length: int = 0):
+        """constraint, answer_type: a typed answer's grammar state and type; start_length: the row's
+        cached positions at the end of the prompt (closed sets are scored from there)."""
         self.decoder = decoder
         self.row = row  # the decoder's cache row this answer lives in
         self.table = table
@@ -110,6 +120,14 @@ class Generator:
         self.token_ids: List[int] = []
         self.finish_reason = ""
         self._decoded = ""  # the text of token_ids, cut at a stop string
+        self.constraint = constraint
+        self.answer_type = answer_type or AnswerType()
+        self.start_length = start_length
+        self.forced: List[int] = []  # tokens the grammar forced after the last chosen one (in token_ids)
+        # Typed answers: the product of each chosen token's probability among the allowed ones.
+        self.probability = 1.0
+        # Closed sets: the unmasked logits at each choice, by the tokens before it (their confidence).
+        self.choice_logits: Optional[dict] = {} if self.answer_type.alternatives() is not None else None
 
     def is_done(self) -> bool:
         return self.finish_reason != ""
@@ -120,25 +138,39 @@ class Generator:
         token = self.next_token()
         if token is not None:
             t0 = time.perf_counter()
-            logits = self.decoder.run(self.table[token][None], self.row)
+            logits = self.decoder.run(self.table[[token] + self.forced], self.row)
             self.feed(logits, time.perf_counter() - t0)
 
     def next_token(self) -> Optional[int]:
         """Choose the next token from the current logits. Returns it when the decoder must run on
-        it next (then call `feed`), None when the answer has ended (`finish_reason` says why)."""
+        it next, followed by `forced` (then call `feed`), None when the answer has ended
+        (`finish_reason` says why)."""
+        self.forced = []
         if self.is_done():
             return None
         p, eos = self.params, self.tokenizer.eos_id
         if self.cancel is not None and self.cancel.is_set():
             self.finish_reason = "cancelled"
             return None
-        if p.ignore_eos:  # as transformers' min_new_tokens and llama.cpp's ignore_eos: EOS cannot win
+        if self.choice_logits is not None:
+            self.choice_logits[tuple(self.token_ids)] = np.array(self.logits)
+        if self.constraint is not None:  # the grammar allows EOS only where the answer is whole
+            self.constraint.mask(self.logits)
+        elif p.ignore_eos:  # as transformers' min_new_tokens and llama.cpp's ignore_eos: EOS cannot win
             self.logits[eos] = -np.inf
         token = self.sample(self.logits)
-        if token == eos and not p.ignore_eos:
+        if self.constraint is not None:
+            self.probability *= chosen_probability(self.logits, token)
+        if token == eos and (self.constraint is not None or not p.ignore_eos):
             self.finish_reason = "eos"
             return None
         self.token_ids.append(token)
+        if self.constraint is not None:
+            self.constraint.consume(token)
+            if not self.constraint.is_complete():
+                self.forced = self.constraint.forced(p.max_new_tokens - len(self.token_ids))
+                self.token_ids.extend(self.forced)
+                self.timings.forced_tokens += len(self.forced)
         self.timings.new_tokens = len(self.token_ids)
         # All ids decoded each time, not piece by piece: a piece's text depends on its neighbours
         # (the first loses its leading space, byte pieces form a character only together). O(n) per
@@ -150,7 +182,10 @@ class Generator:
             self.finish_reason = "stop"
             return None
         self._decoded = text
-        if len(self.token_ids) == p.max_new_tokens:
+        if self.constraint is not None and self.constraint.is_complete():
+            self.finish_reason = "complete"  # nothing may follow: no decoder step for it
+            return None
+        if len(self.token_ids) >= p.max_new_tokens:
             self.finish_reason = "length"  # no decoder step for logits nobody reads
             return None
         return token

@@ -24,6 +24,10 @@ class Tokenizer:
             raise EngineError(f"tokenizer file {self.path}: not a sentencepiece model ({e})") from None
 
     @property
+    def processor(self) -> spm.SentencePieceProcessor:
+        return self._sp
+
+    @property
     def bos_id(self) -> int:
         return self._sp.bos_id()
 

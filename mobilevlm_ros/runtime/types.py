@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Timings:
     prompt_tokens: int = 0  # positions of the whole prompt (text + image)
     prefill_tokens: int = 0  # positions actually computed (the rest came from the cache)
     new_tokens: int = 0
+    forced_tokens: int = 0  # of new_tokens, those a typed answer's grammar forced (no decode step each)
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -64,6 +65,14 @@ class Answer:
     timings: Timings = field(default_factory=Timings)
     image_size: Optional[tuple] = None  # (width, height) of the source image
     reused: bool = False  # the node re-published an earlier caption for an unchanged frame
+    # Typed answers (answer_types.py); free text keeps the defaults.
+    answer_type: str = "text"
+    value: Any = None  # bool, str, int, float, a list of boxes as dicts, or any JSON value
+    value_json: str = ""  # the value as JSON text
+    # The model's probability of the value among all the type allows (-1: free text, not computed).
+    confidence: float = -1.0
+    alternatives: Dict[str, float] = field(default_factory=dict)  # closed sets: every value's probability
+    error: str = ""  # why a typed answer has no value (e.g. cut by max_new_tokens)
 
     def to_dict(self) -> dict:
         d = asdict(self)

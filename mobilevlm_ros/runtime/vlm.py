@@ -4,6 +4,8 @@
     question -> prompt -> token ids (prompt.py, tokenizer.py)
     [text embeddings | image embeddings | text embeddings] -> decoder prefill -> generation loop
     text -> boxes in source-image pixels (grounding.py)
+    typed answers: the answer type's hint and grammar (answer_types.py), its mask on every step
+    (constraint.py), then the value and its confidence
 
 The vision features and the image part of the prompt are kept for the last image, so a second
 question about the same frame costs only its own tokens (one entry per cache row: nothing grows).
@@ -21,7 +23,9 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from . import manifest as mf
+from .answer_types import AnswerType, value_json
 from .batch import Batch
+from .constraint import ClosedSet, Constraint, Grammars, GrammarTokenizer, closed_set_probabilities
 from .engines import DecoderEngine, VisionEngine
 from .errors import EngineError, VLMError
 from .generation import GenerationParams, Generator
@@ -109,6 +113,14 @@ class VLM:
         self._prefixes = [_Prefix() for _ in range(max_batch)]  # what each cache row starts with
         self._uses = 0  # counts prefills, to find the row used least recently
         self.rows_in_use: set = set()  # rows holding a batch's running sequence (batch.py)
+        self._grammars: Optional[Grammars] = None  # made at the first typed answer
+
+    @property
+    def grammars(self) -> Grammars:
+        """Typed answers' grammars over this engine's vocabulary (built once, on first use)."""
+        if self._grammars is None:
+            self._grammars = Grammars(GrammarTokenizer(self.tokenizer.processor, self.tokenizer.path))
+        return self._grammars
 
     def _load(self, role: str, load):
         """load(path of the file of `role`); any failure is one EngineError that names the file."""
@@ -192,17 +204,30 @@ class VLM:
 
     def generator(self, rgb: np.ndarray, question: Optional[str] = None,
                   params: Optional[GenerationParams] = None,
-                  cancel: Optional[threading.Event] = None, row: int = 0) -> Generator:
+                  cancel: Optional[threading.Event] = None, row: int = 0,
+                  answer_type: Optional[AnswerType] = None) -> Generator:
         """Prompt encoding and prefill for `question` (None: a caption) about `rgb` (H x W x 3 uint8
-        RGB) in cache row `row`; the Generator that continues from there. Bad input raises
-        ImageError / PromptError / ValueError."""
+        RGB) in cache row `row`; the Generator that continues from there, constrained to
+        `answer_type` (default: free text). Bad input raises ImageError / PromptError /
+        AnswerTypeError / ValueError, before anything runs."""
         if row in self.rows_in_use:  # e.g. describe() while a batch decodes in row 0
             raise RuntimeError(f"cache row {row} holds a running sequence of a batch")
         params = (params or GenerationParams()).validate()
+        answer_type = (answer_type or AnswerType()).check()
+        constraint = None
+        if answer_type.typed:
+            if question is None:
+                raise ValueError("a typed answer needs a question")
+            alternatives = answer_type.alternatives()
+            constraint = (ClosedSet(alternatives, self.grammars.tokenizer.encode, self.tokenizer.eos_id)
+                          if alternatives is not None
+                          else Constraint(self.grammars.matcher(answer_type), self.tokenizer.vocab_size))
+            question = answer_type.question(question)
         prompt = self.encode_prompt(question, params.max_new_tokens)
         timings = Timings()
         logits = self.prefill(rgb, prompt, timings, row)
-        return Generator(self.decoder, self.table, self.tokenizer, logits, params, cancel, timings, row)
+        return Generator(self.decoder, self.table, self.tokenizer, logits, params, cancel, timings, row,
+                         constraint, answer_type, start_length=self.decoder.lengths[row])
 
     def batch(self) -> Batch:
         """Up to `max_batch` answers decoded together, joining and leaving at any step (batch.py)."""
@@ -210,12 +235,14 @@ class VLM:
 
     def describe(self, rgb: np.ndarray, question: Optional[str] = None,
                  params: Optional[GenerationParams] = None, cancel: Optional[threading.Event] = None,
-                 on_text: Optional[Callable[[str, int], None]] = None, phrase: str = "") -> Answer:
+                 on_text: Optional[Callable[[str, int], None]] = None, phrase: str = "",
+                 answer_type: Optional[AnswerType] = None) -> Answer:
         """Answer `question` (None: a caption) about `rgb`: the decode loop, then boxes in `rgb`'s
         pixels. on_text(text so far, tokens) is called after every token; `phrase` labels boxes
-        whose answer names none (default: the phrase of a grounding question)."""
+        whose answer names none (default: the phrase of a grounding question). With `answer_type`
+        the answer is that type's: `Answer.value`, `confidence`, or `error`."""
         t_start = time.perf_counter()
-        generator = self.generator(rgb, question, params, cancel)
+        generator = self.generator(rgb, question, params, cancel, answer_type=answer_type)
         while not generator.is_done():
             generator.generate_next_token()
             if on_text is not None:
@@ -229,10 +256,46 @@ class VLM:
         text = generator.text.strip()
         height, width = rgb.shape[:2]
         boxes = find_boxes(text, width, height, default_phrase=phrase or grounding_phrase(question))
-        timings = generator.timings
-        timings.total_s = time.perf_counter() - t_start
-        return Answer(text=text, prompt=question, boxes=boxes, token_ids=generator.token_ids,
-                      finish_reason=generator.finish_reason, timings=timings, image_size=(width, height))
+        answer = Answer(text=text, prompt=question, boxes=boxes, token_ids=generator.token_ids,
+                        finish_reason=generator.finish_reason, timings=generator.timings,
+                        image_size=(width, height))
+        if generator.answer_type.typed:
+            self._typed_value(generator, answer)
+        answer.timings.total_s = time.perf_counter() - t_start
+        return answer
+
+    def _typed_value(self, generator: Generator, answer: Answer) -> None:
+        """The value, confidence and alternatives of a finished typed answer, or its error. A closed
+        set is scored in the answer's own cache row (still reserved for it), from the prompt's end."""
+        answer_type, constraint = generator.answer_type, generator.constraint
+        answer.answer_type = answer_type.kind
+        whole = generator.finish_reason in ("complete", "eos") or (
+            generator.finish_reason == "length" and constraint.is_accepting())
+        if not whole:
+            if generator.finish_reason == "length":
+                answer.error = (f"the {answer_type.kind} answer was cut at max_new_tokens "
+                                f"({generator.params.max_new_tokens}) before it was complete "
+                                f"({answer.text[:80]!r}); raise max_new_tokens")
+            return
+        if answer_type.kind == "boxes":
+            answer.value = [{"label": b.phrase, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2,
+                             "normalized": list(b.normalized)} for b in answer.boxes]
+        else:
+            answer.value = answer_type.parse(answer.text)
+        answer.value_json = value_json(answer_type, answer.value)
+        answer.confidence = generator.probability
+        alternatives = answer_type.alternatives()
+        if alternatives is not None:
+            row, start = generator.row, generator.start_length
+
+            def logits_after(prefix: List[int]) -> np.ndarray:
+                self.decoder.rewind(start, row)
+                return self.decoder.run(self._embed_ids(prefix), row).copy()
+
+            answer.alternatives = closed_set_probabilities(
+                alternatives, self.grammars.tokenizer.encode, self.tokenizer.eos_id,
+                generator.choice_logits, logits_after)
+            answer.confidence = answer.alternatives[answer.text.strip()]
 
     def ground(self, rgb: np.ndarray, phrase: str, params: Optional[GenerationParams] = None) -> Answer:
         """Ask for the box of the region `phrase` describes (the LLaVA-1.5 referring-expression prompt)."""
