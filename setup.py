@@ -20,8 +20,10 @@ setup(
     python_requires=">=3.10",
     # Robot side: no torch. onnxruntime comes from an extra because Jetson uses NVIDIA's
     # onnxruntime-gpu wheel.
+    # llguidance: typed answers' grammars (a Rust wheel, no dependencies; protobuf edits the
+    # sentencepiece model for it, and onnxruntime needs protobuf anyway).
     install_requires=["numpy>=1.24", "sentencepiece>=0.2", "pillow>=10", "opencv-python-headless>=4.8",
-                      "psutil>=5"],
+                      "psutil>=5", "llguidance==1.9.1", "protobuf>=3.20"],
     extras_require={
         "cpu": ["onnxruntime==1.32.0"],
         # Export side (the machine that turns checkpoints into engines). torch is pinned: any

@@ -101,7 +101,7 @@ else
     rm -rf "$PKGS" "$PKGS.tmp"
     "$X86_PY" -m pip install -q --disable-pip-version-check --no-warn-conflicts --target "$PKGS.tmp" \
         --only-binary=:all: --implementation cp --python-version 3.11 \
-        --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 \
+        --platform manylinux_2_31_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 \
         --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
         -r "$REQS" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     echo "$want" > "$PKGS.tmp/.made-by-test-arm"

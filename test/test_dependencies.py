@@ -18,7 +18,7 @@ SOURCES = ["mobilevlm_ros/runtime/*.py", "mobilevlm_ros/ros/*.py", "mobilevlm_ro
 # Python module -> its rosdep key, where the two names differ.
 ROSDEP_KEY = {"numpy": "python3-numpy", "cv2": "python3-opencv", "PIL": "python3-pil",
               "psutil": "python3-psutil"}
-NOT_IN_ROSDEP = {"onnxruntime", "sentencepiece", "rosbags"}
+NOT_IN_ROSDEP = {"onnxruntime", "sentencepiece", "rosbags", "llguidance"}
 
 
 def _imported_modules() -> set:
@@ -66,3 +66,4 @@ def test_requirements_pins_match_setup_and_the_venv_set_up():
     assert f'"{requirements["onnxruntime"]}"' in setup  # the cpu extra's pin
     assert requirements["rosbags"] == _requirements("scripts/ros-jazzy-requirements.txt")["rosbags"]
     assert requirements["sentencepiece"] in setup
+    assert f'"{requirements["llguidance"]}"' in setup

@@ -300,10 +300,11 @@ def embedding_table(llm, precision: str) -> np.ndarray:
 
 def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vision_tower: str = None,
            model_id: str = "", block_size: int = 0, quant: Optional[Dict[str, object]] = None,
-           calibrate=None, log=print) -> str:
+           calibrate=None, log=print, answer_hint: Optional[str] = None) -> str:
     """Write an engine directory for `src`. quant: the builder's quantization options (None: the
     precision's DEFAULT_QUANT); block_size, when not 0, replaces its block size. calibrate: the
-    calibration.Source of a calibrated quantization (None: calibration.default_source())."""
+    calibration.Source of a calibrated quantization (None: calibration.default_source()).
+    answer_hint: the words typed questions get (None: the runtime's default; "" for none)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     if target not in TARGETS:
@@ -397,6 +398,7 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
             "context_length": llm["max_position_embeddings"],
             "bos_token_id": llm["bos_token_id"],
             "eos_token_id": llm["eos_token_id"],
+            **({} if answer_hint is None else {"answer_hint": answer_hint}),
             "vision_layers": cfg.vision["num_hidden_layers"],
             "vision_width": cfg.vision["hidden_size"],
         },

@@ -4,7 +4,8 @@ An `AnswerType` says what the answer must be: a bool, one of given strings, an i
 (optionally bounded), boxes, any JSON schema, or free text (the default). Each type is:
 - checked when it is asked for (`check`: an empty choice list, contradicting bounds, a bad schema
   are errors before anything runs);
-- a hint appended to the question (`hint`: the model learned short answers from such words);
+- a short-answer hint appended to the question (`question`: the model learned short answers from
+  such words; which words, the engine's manifest says);
 - a grammar (`lark`, llguidance's Lark dialect), which constraint.py turns into a mask over the
   decoder's logits, so the model can only write a valid answer;
 - a parser of the finished text (`parse`) into the value.
@@ -32,18 +33,16 @@ MAX_CLOSED_RANGE = 64
 # digits until max_new_tokens (seen: 200 of them).
 DEFAULT_INTEGER_BOUND = 10**15 - 1
 MAX_BOXES = 16
+# The most tokens one box can take ("[0.000, 0.000, 0.000, 0.000], ": one per character at worst): a
+# boxes grammar allows as many boxes as max_new_tokens holds, so that what it allows always ends.
+BOX_TOKENS = 30
+NUMBER_STEP = 1e-6  # bounded numbers: at most 6 decimals (else random weights write digits forever)
 MAX_SCHEMA_CHARS = 20_000
 
-# The short-answer hints, by kind (see README "Typed answers": chosen on the demo engine).
-HINTS = {
-    "bool": "",
-    "choice": "Answer with one of: {choices}.",
-    "integer": "",
-    "number": "Answer with a number.",
-    "boxes": "",
-    "json": "Answer in JSON.",
-    "text": "",
-}
+# The hint a typed question gets, unless the engine's manifest names its own (`model.answer_hint`):
+# LLaVA-1.5's short-answer prompt, which MobileVLM's training mix and evaluation use. The demo
+# engine's manifest says "" (none): measured on it, any hint cost it 24-98 points (README).
+DEFAULT_ANSWER_HINT = "Answer the question using a single word or phrase."
 
 
 class AnswerTypeError(VLMError):
@@ -151,18 +150,17 @@ class AnswerType:
                 return tuple(str(i) for i in range(lo, hi + 1))
         return None
 
-    def hint(self) -> str:
-        """The words appended to the question ('' for none)."""
-        return HINTS[self.kind].format(choices=", ".join(self.choices))
+    def question(self, question: str, hint: str = DEFAULT_ANSWER_HINT) -> str:
+        """The question as the model sees it: with the short-answer `hint` for typed kinds but boxes
+        (a grounding question is its own format)."""
+        if not self.typed or self.kind == "boxes" or not hint:
+            return question
+        return f"{question} {hint}"
 
-    def question(self, question: str) -> str:
-        """The question as the model sees it: with the hint of this type."""
-        hint = self.hint()
-        return f"{question} {hint}" if hint else question
-
-    def lark(self) -> str:
-        """The grammar of the answer text, in llguidance's Lark dialect ('' for free text). Closed
-        sets (`alternatives()`) are decoded over their canonical tokens instead (constraint.ClosedSet)."""
+    def lark(self, max_new_tokens: int = 0) -> str:
+        """The grammar of the answer text, in llguidance's Lark dialect ('' for free text), for an
+        answer of at most `max_new_tokens` (boxes: as many as fit; 0: MAX_BOXES). Closed sets
+        (`alternatives()`) are decoded over their canonical tokens instead (constraint.ClosedSet)."""
         if self.kind == "text":
             return ""
         if self.kind in ("bool", "choice"):
@@ -175,10 +173,12 @@ class AnswerType:
             if self.minimum is None and self.maximum is None:
                 return 'start: " " NUMBER\nNUMBER: /-?(0|[1-9][0-9]{0,14})(\\.[0-9]{1,6})?/'
             bounds = (("minimum", self.minimum), ("maximum", self.maximum))
-            return _json_rule({"type": "number", **{k: v for k, v in bounds if v is not None}})
+            return _json_rule({"type": "number", "multipleOf": NUMBER_STEP,
+                               **{k: v for k, v in bounds if v is not None}})
         if self.kind == "boxes":
             # The model's own grounding format: [x1, y1, x2, y2] in 0..1, two or three decimals.
-            return ('start: " " box (", " box){0,%d}\n' % (MAX_BOXES - 1)
+            boxes = min(MAX_BOXES, max(1, max_new_tokens // BOX_TOKENS)) if max_new_tokens else MAX_BOXES
+            return ('start: " " box (", " box){0,%d}\n' % (boxes - 1)
                     + 'box: "[" C ", " C ", " C ", " C "]"\n'
                     + 'C: /0\\.[0-9]{2,3}|1\\.0{2,3}/')
         schema = self.schema

@@ -86,7 +86,9 @@ class Batch:
             token = seq.generator.next_token()
             if token is not None and seq.generator.forced:
                 t0 = time.perf_counter()
-                logits = self.vlm.decoder.run(self.vlm.table[[token] + seq.generator.forced], seq.row)
+                # A copy: run() returns a view of the output buffer, which the batched step below
+                # rewrites for every row up to its last, this one included (as an idle row).
+                logits = self.vlm.decoder.run(self.vlm.table[[token] + seq.generator.forced], seq.row).copy()
                 seq.generator.feed(logits, time.perf_counter() - t0)
             elif token is not None:
                 running.append(seq)

@@ -75,10 +75,10 @@ class Grammars:
         self._lock = threading.Lock()
         self.limits = llguidance.LLParserLimits(**LIMITS)
 
-    def matcher(self, answer_type: AnswerType) -> "llguidance.LLMatcher":
-        """A matcher at the start of `answer_type`'s grammar; AnswerTypeError (with llguidance's reason)
-        when the grammar is invalid or past LIMITS."""
-        grammar = llguidance.LLMatcher.grammar_from_lark(answer_type.lark())
+    def matcher(self, answer_type: AnswerType, max_new_tokens: int = 0) -> "llguidance.LLMatcher":
+        """A matcher at the start of `answer_type`'s grammar (for answers of `max_new_tokens`);
+        AnswerTypeError (with llguidance's reason) when the grammar is invalid or past LIMITS."""
+        grammar = llguidance.LLMatcher.grammar_from_lark(answer_type.lark(max_new_tokens))
         with self._lock:
             cached = self._cache.get(grammar)
             if cached is not None:

@@ -84,6 +84,8 @@ OPTIONAL_MODEL_FIELDS: Dict[str, _Field] = {
     "id": (lambda v: isinstance(v, str), "a string"),
     "image_mean": (_three_numbers, "a list of 3 numbers"),
     "image_std": (lambda v: _three_numbers(v) and min(v) > 0, "a list of 3 positive numbers"),
+    # Appended to typed questions (answer_types.DEFAULT_ANSWER_HINT when absent; "" for none).
+    "answer_hint": (lambda v: isinstance(v, str), "a string"),
 }
 FILE_FIELDS: Dict[str, _Field] = {
     "path": TEXT, "bytes": (_token_id, "an integer >= 0"),

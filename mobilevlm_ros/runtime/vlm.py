@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from . import manifest as mf
-from .answer_types import AnswerType, value_json
+from .answer_types import DEFAULT_ANSWER_HINT, AnswerType, value_json
 from .batch import Batch
 from .constraint import ClosedSet, Constraint, Grammars, GrammarTokenizer, closed_set_probabilities
 from .engines import DecoderEngine, VisionEngine
@@ -106,6 +106,7 @@ class VLM:
         self.mean = m.get("image_mean", CLIP_MEAN)
         self.std = m.get("image_std", CLIP_STD)
         self.model_id = m.get("id", "")
+        self.answer_hint = m.get("answer_hint", DEFAULT_ANSWER_HINT)  # typed questions' short-answer words
         # e.g. "cpu", "cuda", "tensorrt+cuda" (TensorRT runs the vision graph, CUDA the decoder)
         self.backend = "+".join(dict.fromkeys(provider_names(engine.session)[0]
                                               for engine in (self.vision, self.decoder)))
@@ -221,8 +222,9 @@ class VLM:
             alternatives = answer_type.alternatives()
             constraint = (ClosedSet(alternatives, self.grammars.tokenizer.encode, self.tokenizer.eos_id)
                           if alternatives is not None
-                          else Constraint(self.grammars.matcher(answer_type), self.tokenizer.vocab_size))
-            question = answer_type.question(question)
+                          else Constraint(self.grammars.matcher(answer_type, params.max_new_tokens),
+                                          self.tokenizer.vocab_size))
+            question = answer_type.question(question, self.answer_hint)
         prompt = self.encode_prompt(question, params.max_new_tokens)
         timings = Timings()
         logits = self.prefill(rgb, prompt, timings, row)

@@ -40,6 +40,8 @@ def main(argv=None) -> int:
                    help="calibrated configurations (GPTQ, AutoClip): calibrate on a rosbag's camera frames "
                         "(with the caption prompt and the bag's questions), a folder of images, or a text "
                         "file (default: demo scenes and the package's calibration prose)")
+    p.add_argument("--answer-hint", help="words appended to typed questions (default: LLaVA's short-answer "
+                                         "prompt; '' for none, as the demo engine)")
     p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
     a = p.parse_args(argv)
     if bool(a.src) == bool(a.synthetic):
@@ -73,10 +75,10 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory(prefix="mobilevlm_ckpt_") as ckpt:
                 write_synthetic(a.synthetic, ckpt, layout=a.layout, seed=a.seed)
                 export(ckpt, a.out, a.precision, a.target, model_id=f"synthetic/{a.synthetic}",
-                       block_size=a.block_size, quant=quant, calibrate=calibrate)
+                       block_size=a.block_size, quant=quant, calibrate=calibrate, answer_hint=a.answer_hint)
         else:
             export(a.src, a.out, a.precision, a.target, vision_tower=a.vision_tower, model_id=a.src,
-                   block_size=a.block_size, quant=quant, calibrate=calibrate)
+                   block_size=a.block_size, quant=quant, calibrate=calibrate, answer_hint=a.answer_hint)
     except (VLMError, ValueError, OSError) as e:
         print(f"mobilevlm-export: error: {e}", file=sys.stderr)
         return 1
