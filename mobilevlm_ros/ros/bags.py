@@ -16,7 +16,8 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from .share import share_path
 
-OUR_MESSAGES = ("Timings", "BoundingBox", "Caption", "GroundedAnswer")
+OUR_MESSAGES = ("Timings", "BoundingBox", "Caption", "GroundedAnswer", "AnswerType", "WatchEvent",
+                "WatchState", "WatchStates")
 # Questions a bag carries for mobilevlm-replay to ask: std_msgs/String, JSON {"camera", "question", "truth"?}.
 QUESTIONS_TOPIC = "/vlm/questions"
 

@@ -15,6 +15,9 @@
   the one the camera's last caption was computed from gets that caption again (`reused`), without
   vision or prefill; a question about it is asked about that same frame, so the VLM's cached image
   prefix answers it. One frame and one caption are kept per camera.
+- Watches (watches.py): standing typed questions, evaluated when a camera's scene changed (or every
+  period), one at a time per watch and camera; they join the batch after waiting questions and
+  before captions, so a question never waits behind them.
 No rclpy here: the node (node.py) turns messages into calls and answers into messages.
 """
 
@@ -28,10 +31,12 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
+from ..runtime.answer_types import AnswerType
 from ..runtime.change import cell_means, scene_changed
 from ..runtime.errors import ImageError, VLMError
 from ..runtime.generation import GenerationParams
 from ..runtime.types import Answer, Timings
+from .watches import Watch, Watches
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Job:
     camera: str
     question: Optional[str]  # None: a caption
     params: GenerationParams
+    answer_type: Optional[AnswerType] = None  # None: free text
+    history: tuple = ()  # earlier turns of its conversation: ((question, answer), ...)
     on_text: Optional[Callable[[str, int], None]] = None  # (text so far, tokens) after each piece
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -81,6 +88,15 @@ class _Caption:
     frame: Frame  # its RGB is converted once and kept (Frame.rgb)
     means: np.ndarray  # the frame's cell means (unchanged-scene check)
     key: tuple  # (caption prompt, generation params)
+
+
+@dataclass
+class _WatchEval:
+    """A watch's evaluation in the batch."""
+
+    watch: Watch
+    camera: str
+    frame: Frame
 
 
 @dataclass
@@ -120,7 +136,9 @@ class Snapshot:
 class Worker:
     def __init__(self, vlm, on_caption: Callable[[str, Frame, Answer], None],
                  on_answer: Optional[Callable[[Job], None]] = None, log_error: Callable[[str], None] = print,
-                 log_refused: Callable[[str], None] = print):
+                 log_refused: Callable[[str], None] = print, watches: Optional[Watches] = None,
+                 on_watch: Optional[Callable] = None):
+        """on_watch(event or None) when an evaluation changed a watch's published state (watches.py)."""
         self.vlm = vlm
         self.on_caption = on_caption
         self.on_answer = on_answer
@@ -146,6 +164,9 @@ class Worker:
         self._captioning: set = set()  # cameras whose caption is in the batch
         self._stopping = threading.Event()  # cancels the captions in the batch when the worker stops
         self._batch = None  # the batch the thread decodes (its counters are read by snapshot)
+        self.watches = watches if watches is not None else Watches()
+        self.on_watch = on_watch
+        self.watch_params = GenerationParams(max_new_tokens=64)
 
     # -- called from ROS callbacks ---------------------------------------------------------------
     def add_camera(self, name: str) -> None:
@@ -222,6 +243,11 @@ class Worker:
                     job = self._asks.popleft()
                     self._asking.append(job)
                     return ("ask", job)
+                now = time.monotonic()
+                for cam, frame in self._frames.items():
+                    watch = self.watches.next_due(cam, frame.received, now) if frame is not None else None
+                    if watch is not None:
+                        return ("watch", watch, cam, frame)
                 pause = 0.5
                 if self.caption_rate_hz > 0:
                     now, period = time.monotonic(), 1.0 / self.caption_rate_hz
@@ -252,6 +278,8 @@ class Worker:
                     break
                 if work[0] == "ask":
                     self._start_answer(batch, work[1])
+                elif work[0] == "watch":
+                    self._start_watch(batch, *work[1:])
                 else:
                     self._start_caption(batch, work[1], work[2])
                 work = None  # a finished question's frame (a request image: megabytes) is not kept while idle
@@ -275,6 +303,9 @@ class Worker:
         """A sequence left the batch: publish its caption or complete its question."""
         if isinstance(work, Job):
             self._complete(work, answer, error)
+            return
+        if isinstance(work, _WatchEval):
+            self._watched(work, answer, error)
             return
         if error:
             self.log_error(f"caption of camera '{work.camera}' failed: {error}")
@@ -325,6 +356,41 @@ class Worker:
                 self._captioning.discard(camera)
             self.log_error(f"caption of camera '{camera}' failed: {e}")
 
+    def _start_watch(self, batch, watch: Watch, camera: str, frame: Frame) -> None:
+        """Evaluate `watch` on `frame` if its scene changed since the watch's last evaluation (or its
+        period is up); joins the batch like a question."""
+        try:
+            rgb = frame.rgb
+        except ImageError:  # counted and logged where the caption meets it
+            self.watches.finished(watch, camera)
+            return
+        threshold = self.change_threshold
+
+        def changed(a: np.ndarray, b: np.ndarray) -> bool:
+            return threshold <= 0 or scene_changed(a, b, threshold)
+
+        if not self.watches.must_evaluate(watch, camera, cell_means(rgb), changed, time.monotonic(),
+                                          frame.received):
+            return
+        try:
+            batch.add(rgb, watch.question, self.watch_params, cancel=self._stopping,
+                      tag=_WatchEval(watch, camera, frame), answer_type=watch.answer_type)
+        except Exception as e:  # a bad type was refused when the watch was added; an engine failure
+            self.watches.finished(watch, camera)
+            self.log_error(f"watch '{watch.name}' on camera '{camera}' failed: {e}")
+
+    def _watched(self, work: _WatchEval, answer: Optional[Answer], error: str) -> None:
+        if error or answer is None or answer.error:
+            self.log_error(f"watch '{work.watch.name}' on camera '{work.camera}': "
+                           f"{error or (answer.error if answer else 'no answer')}")
+        ok = answer is not None and not answer.error and answer.finish_reason != "cancelled"
+        value, value_json, confidence = (answer.value, answer.value_json, answer.confidence) if ok \
+            else (None, "", 0.0)
+        changed, event = self.watches.record(work.watch, work.camera, value, value_json, confidence,
+                                             work.frame.header)
+        if changed and self.on_watch is not None:
+            self.on_watch(event)
+
     def _question_image(self, job: Job) -> np.ndarray:
         """The pixels to ask about: for a camera's frame that shows the scene inference last saw,
         that frame (its image prefix is still in the decoder's cache); else the job's own."""
@@ -351,8 +417,10 @@ class Worker:
             if job.cancel.is_set():  # cancelled while it waited
                 raise VLMError("cancelled before it started")
             job.waited_s = time.monotonic() - job.queued_s
-            batch.add(self._question_image(job), job.question, job.params, cancel=job.cancel,
-                      on_text=on_text if job.on_text is not None else None, tag=job)
+            rgb = job.frame.rgb if job.history else self._question_image(job)  # a conversation: its own
+            batch.add(rgb, job.question, job.params, cancel=job.cancel,
+                      on_text=on_text if job.on_text is not None else None, tag=job,
+                      answer_type=job.answer_type, history=job.history)
         except (VLMError, ValueError) as e:
             self._complete(job, None, str(e))
         except Exception as e:  # an engine failure must not kill the worker thread

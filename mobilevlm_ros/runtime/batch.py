@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -61,7 +61,8 @@ class Batch:
 
     def add(self, rgb: np.ndarray, question: Optional[str] = None, params: Optional[GenerationParams] = None,
             cancel: Optional[threading.Event] = None, on_text: Optional[Callable[[str, int], None]] = None,
-            phrase: str = "", tag: object = None, answer_type: Optional[AnswerType] = None) -> Sequence:
+            phrase: str = "", tag: object = None, answer_type: Optional[AnswerType] = None,
+            history: Tuple = ()) -> Sequence:
         """Prefill `question` (None: a caption) about `rgb` into a free cache row; the sequence
         decodes from the next `step()` on. Bad input raises as VLM.describe does, and nothing joins.
         A row that already holds this frame's image prefix is taken first (no vision, no image prefill)."""
@@ -70,7 +71,8 @@ class Batch:
             raise RuntimeError(f"the batch is full: all {self.vlm.max_batch} cache rows decode a sequence")
         started = time.perf_counter()
         row = self.vlm.row_for(rgb, free)
-        generator = self.vlm.generator(rgb, question, params, cancel, row=row, answer_type=answer_type)
+        generator = self.vlm.generator(rgb, question, params, cancel, row=row, answer_type=answer_type,
+                                       history=history)
         seq = Sequence(generator, rgb, question, phrase, on_text, started, tag)
         self.sequences.append(seq)
         self.vlm.rows_in_use.add(row)

@@ -1,13 +1,15 @@
 """The MobileVLM chat prompt and its tokenisation around the image.
 
 An engine's manifest names its template (`model.template`); TEMPLATES holds each one the runtime
-knows. MobileVLM V1 and V2 chat checkpoints both use the reference's conversation mode `v1`.
+knows. MobileVLM V1 and V2 chat checkpoints both use the reference's conversation mode `v1`, whose
+earlier turns (follow-up questions) end with "</s>": the EOS token in the ids, as the reference's
+tokenizer splits it out of the text.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Sequence, Tuple
 
 from .errors import PromptError
 from .tokenizer import Tokenizer
@@ -26,17 +28,27 @@ MAX_QUESTION_CHARS = 4000
 
 @dataclass(frozen=True)
 class Template:
-    """A vicuna-style chat template: `{system}{sep}{user} <image>\n{question}{sep}{assistant}`."""
+    """A vicuna-style chat template (the reference's SeparatorStyle.TWO):
+    `{system}{sep}{user} <image>\n{q1}{sep}{assistant} {a1}{sep2}{user} {q2}{sep}{assistant}`."""
 
     system: str
     user: str
     assistant: str
     sep: str = " "
+    sep2: str = "</s>"
 
-    def format(self, question: str) -> str:
-        # The image before the question on its own line; the prompt ends with the assistant's role
-        # (no trailing space), as the reference's `conv.get_prompt()`.
-        return f"{self.system}{self.sep}{self.user} {IMAGE_TOKEN}\n{question}{self.sep}{self.assistant}"
+    def format(self, question: str, history: Sequence[Tuple[str, str]] = ()) -> str:
+        """The prompt for `question` after the earlier turns `history` ((question, answer), oldest
+        first). The image goes before the first question, on its own line; the prompt ends with the
+        assistant's role (no trailing space), as the reference's `conv.get_prompt()`."""
+        questions = [q for q, _ in history] + [question]
+        questions[0] = f"{IMAGE_TOKEN}\n{questions[0]}"
+        text = f"{self.system}{self.sep}"
+        for i, q in enumerate(questions):
+            text += f"{self.user} {q}{self.sep}{self.assistant}"
+            if i < len(history):
+                text += f" {history[i][1]}{self.sep2}"
+        return text
 
 
 TEMPLATES: Dict[str, Template] = {"v1": Template(SYSTEM_V1, "USER:", "ASSISTANT:")}
@@ -64,12 +76,18 @@ def check_question(question: str) -> str:
     return question
 
 
-def build_prompt(question: str, template: str = DEFAULT_TEMPLATE) -> str:
+def build_prompt(question: str, template: str = DEFAULT_TEMPLATE,
+                 history: Sequence[Tuple[str, str]] = ()) -> str:
     """The full prompt text, `<image>` included, exactly as the reference `conv_templates[template]`
-    builds it."""
+    builds it; `history`: the earlier turns of a conversation, (question, answer) each."""
     if template not in TEMPLATES:
         raise PromptError(f"unknown prompt template {template!r}; known: {', '.join(TEMPLATES)}")
-    return TEMPLATES[template].format(check_question(question))
+    turns = []
+    for q, a in history:
+        if any(m in a for m in TEMPLATE_MARKERS):  # an answer that would fake a turn of its own
+            raise PromptError("an earlier answer of the conversation holds the template's markers")
+        turns.append((check_question(q), a.strip()))
+    return TEMPLATES[template].format(check_question(question), turns)
 
 
 def tokenize_prompt(tokenizer: Tokenizer, prompt: str) -> List[int]:
@@ -77,14 +95,20 @@ def tokenize_prompt(tokenizer: Tokenizer, prompt: str) -> List[int]:
 
     The reference tokenises each chunk between `<image>` markers separately, so every chunk gets
     its own dummy-prefix space (e.g. "\\nWhat" -> "▁", "<0x0A>", ...): encoding the whole prompt
-    at once would give different ids. BOS is kept only once, at the very start.
+    at once would give different ids. BOS is kept only once, at the very start. "</s>" (the end of an
+    earlier turn) is the EOS id, and the text after it a chunk of its own, as the reference's
+    (legacy) LLaMA tokenizer splits special tokens out before sentencepiece.
     """
     chunks = prompt.split(IMAGE_TOKEN)
     ids = [tokenizer.bos_id]
     for i, chunk in enumerate(chunks):
         if i > 0:
             ids.append(IMAGE_TOKEN_INDEX)
-        ids.extend(tokenizer.encode(chunk, add_bos=False))
+        for k, part in enumerate(chunk.split("</s>")):
+            if k > 0:
+                ids.append(tokenizer.eos_id)
+            if part:
+                ids.extend(tokenizer.encode(part, add_bos=False))
     return ids
 
 

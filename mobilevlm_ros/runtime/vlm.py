@@ -18,7 +18,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -141,12 +141,13 @@ class VLM:
         # A digest of the pixels: cheap next to the vision engine, and never confuses two frames.
         return hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest() + str(rgb.shape)
 
-    def encode_prompt(self, question: Optional[str], max_new_tokens: int) -> EncodedPrompt:
-        """`question` (None: the caption question) in the engine's chat template, as token ids.
-        PromptError when the question is not acceptable or prompt + image + `max_new_tokens`
-        exceed the context."""
+    def encode_prompt(self, question: Optional[str], max_new_tokens: int,
+                      history: Sequence[Tuple[str, str]] = ()) -> EncodedPrompt:
+        """`question` (None: the caption question) in the engine's chat template, after the earlier
+        turns `history` ((question, answer) each), as token ids. PromptError when the question is not
+        acceptable or prompt + image + `max_new_tokens` exceed the context."""
         question = DEFAULT_CAPTION_QUESTION if question is None else question
-        prompt = build_prompt(question, self.manifest.model["template"])  # checks the question
+        prompt = build_prompt(question, self.manifest.model["template"], history)  # checks the questions
         ids = tokenize_prompt(self.tokenizer, prompt)
         check_prompt_length(len(ids) - 1, self.manifest.model["image_tokens"], max_new_tokens,
                             self.decoder.max_length)
@@ -206,11 +207,13 @@ class VLM:
     def generator(self, rgb: np.ndarray, question: Optional[str] = None,
                   params: Optional[GenerationParams] = None,
                   cancel: Optional[threading.Event] = None, row: int = 0,
-                  answer_type: Optional[AnswerType] = None) -> Generator:
+                  answer_type: Optional[AnswerType] = None,
+                  history: Sequence[Tuple[str, str]] = ()) -> Generator:
         """Prompt encoding and prefill for `question` (None: a caption) about `rgb` (H x W x 3 uint8
         RGB) in cache row `row`; the Generator that continues from there, constrained to
-        `answer_type` (default: free text). Bad input raises ImageError / PromptError /
-        AnswerTypeError / ValueError, before anything runs."""
+        `answer_type` (default: free text). `history`: earlier turns of a conversation about the same
+        image, (question, answer) each. Bad input raises ImageError / PromptError / AnswerTypeError /
+        ValueError, before anything runs."""
         if row in self.rows_in_use:  # e.g. describe() while a batch decodes in row 0
             raise RuntimeError(f"cache row {row} holds a running sequence of a batch")
         params = (params or GenerationParams()).validate()
@@ -225,7 +228,7 @@ class VLM:
                           else Constraint(self.grammars.matcher(answer_type, params.max_new_tokens),
                                           self.tokenizer.vocab_size))
             question = answer_type.question(question, self.answer_hint)
-        prompt = self.encode_prompt(question, params.max_new_tokens)
+        prompt = self.encode_prompt(question, params.max_new_tokens, history)
         timings = Timings()
         logits = self.prefill(rgb, prompt, timings, row)
         return Generator(self.decoder, self.table, self.tokenizer, logits, params, cancel, timings, row,
@@ -238,13 +241,14 @@ class VLM:
     def describe(self, rgb: np.ndarray, question: Optional[str] = None,
                  params: Optional[GenerationParams] = None, cancel: Optional[threading.Event] = None,
                  on_text: Optional[Callable[[str, int], None]] = None, phrase: str = "",
-                 answer_type: Optional[AnswerType] = None) -> Answer:
+                 answer_type: Optional[AnswerType] = None, history: Sequence[Tuple[str, str]] = ()) -> Answer:
         """Answer `question` (None: a caption) about `rgb`: the decode loop, then boxes in `rgb`'s
         pixels. on_text(text so far, tokens) is called after every token; `phrase` labels boxes
         whose answer names none (default: the phrase of a grounding question). With `answer_type`
-        the answer is that type's: `Answer.value`, `confidence`, or `error`."""
+        the answer is that type's: `Answer.value`, `confidence`, or `error`. `history`: the earlier turns
+        of a conversation about `rgb` (a follow-up question)."""
         t_start = time.perf_counter()
-        generator = self.generator(rgb, question, params, cancel, answer_type=answer_type)
+        generator = self.generator(rgb, question, params, cancel, answer_type=answer_type, history=history)
         while not generator.is_done():
             generator.generate_next_token()
             if on_text is not None:
