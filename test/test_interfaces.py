@@ -17,7 +17,17 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 import mobilevlm_ros  # noqa: E402
 from mobilevlm_ros.action import Ask as AskAction  # noqa: E402
-from mobilevlm_ros.msg import BoundingBox, Caption, GroundedAnswer, Timings  # noqa: E402
+from mobilevlm_ros.msg import (  # noqa: E402
+    AnswerType,
+    BoundingBox,
+    Caption,
+    GroundedAnswer,
+    Timings,
+    WatchEvent,
+    WatchState,
+    WatchStates,
+)
+from mobilevlm_ros.srv import AddWatch, RemoveWatch  # noqa: E402
 from mobilevlm_ros.srv import Ask as AskService  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +41,8 @@ ASK_REQUEST = {
     "compressed_image": "sensor_msgs/CompressedImage",
     "max_new_tokens": "uint32",
     "temperature": "float",
+    "answer_type": "mobilevlm_ros/AnswerType",
+    "conversation": "string",
 }
 ASK_RESPONSE = {"success": "boolean", "error": "string", "answer": "mobilevlm_ros/GroundedAnswer"}
 
@@ -52,7 +64,26 @@ FIELDS = {
         "header": "std_msgs/Header", "camera": "string", "question": "string", "text": "string",
         "boxes": "sequence<mobilevlm_ros/BoundingBox>", "image_width": "uint32", "image_height": "uint32",
         "model_id": "string", "finish_reason": "string", "timings": "mobilevlm_ros/Timings",
+        "answer_type": "string", "value_json": "string", "value_bool": "boolean", "value_string": "string",
+        "value_integer": "int64", "value_number": "double", "confidence": "float",
+        "alternatives": "sequence<string>", "probabilities": "sequence<float>", "conversation": "string",
     },
+    AnswerType: {"kind": "string", "choices": "sequence<string>", "minimum": "sequence<double, 1>",
+                 "maximum": "sequence<double, 1>", "schema": "string"},
+    WatchEvent: {"header": "std_msgs/Header", "watch": "string", "camera": "string", "value_json": "string",
+                 "value_bool": "boolean", "confidence": "float", "previous_value_json": "string",
+                 "previous_value_bool": "boolean"},
+    WatchState: {"watch": "string", "camera": "string", "question": "string", "answer_type": "string",
+                 "known": "boolean", "header": "std_msgs/Header", "value_json": "string",
+                 "value_bool": "boolean", "confidence": "float", "evaluations": "uint32",
+                 "changes": "uint32"},
+    WatchStates: {"stamp": "builtin_interfaces/Time", "states": "sequence<mobilevlm_ros/WatchState>"},
+    AddWatch.Request: {"name": "string", "question": "string", "answer_type": "mobilevlm_ros/AnswerType",
+                       "cameras": "sequence<string>", "period_s": "float", "hysteresis": "uint32",
+                       "min_confidence": "float"},
+    AddWatch.Response: {"success": "boolean", "error": "string"},
+    RemoveWatch.Request: {"name": "string"},
+    RemoveWatch.Response: {"success": "boolean", "error": "string"},
     AskService.Request: ASK_REQUEST,
     AskService.Response: ASK_RESPONSE,
     AskAction.Goal: ASK_REQUEST,
@@ -230,7 +261,7 @@ def used_packages() -> set[str]:
 def test_interface_files_found():
     assert set(INTERFACE_FILES) >= {"msg/BoundingBox.msg", "msg/Caption.msg", "msg/GroundedAnswer.msg",
                                     "msg/Timings.msg", "srv/Ask.srv", "action/Ask.action"}
-    assert used_packages() == {"std_msgs", "sensor_msgs"}
+    assert used_packages() == {"std_msgs", "sensor_msgs", "builtin_interfaces"}
 
 
 def test_package_xml_declares_every_interface_dependency():

@@ -7,7 +7,10 @@ publishes ~/caption (Caption), ~/detections (vision_msgs/Detection2DArray, for a
 with boxes), ~/annotated (Image, only while subscribed), /diagnostics. Every output is a lifecycle
 publisher: an inactive node publishes nothing by construction. A peer with incompatible QoS is one
 throttled warning naming the topic, both policies and the fix, and a count in /diagnostics.
-Serves ~/ask as a service and as an action (streaming feedback, cancel).
+Serves ~/ask as a service and as an action (streaming feedback, cancel), with typed answers
+(answer_type) and follow-ups (conversation). Standing watches (watches.py) come from the params file
+or ~/add_watch / ~/remove_watch; each change is an event on ~/watch_events, and every watch's state
+is on ~/watch_states (transient_local: a late subscriber gets it at once).
 The engine loads on configure and is freed on cleanup; inference runs on one worker thread
 (worker.py) so callbacks, services and cancels stay responsive.
 """
@@ -27,15 +30,18 @@ from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from ..action import Ask as AskAction
-from ..msg import Caption
+from ..msg import Caption, WatchEvent, WatchStates
+from ..runtime.answer_types import AnswerType
 from ..runtime.errors import ImageError, PromptError, VLMError
 from ..runtime.generation import MAX_TEMPERATURE
 from ..runtime.prompt import check_question
+from ..srv import AddWatch, RemoveWatch
 from ..srv import Ask as AskService
 from . import params as P
 from .annotate import draw_answer
@@ -47,9 +53,18 @@ from .bridge import (
     rgb_to_imgmsg,
 )
 from .camera_input import CameraInput, reliability_name
-from .messages import answer_msg, caption_msg, detections_msg
+from .conversations import NEW, Conversations
+from .messages import (
+    answer_msg,
+    answer_type_from_msg,
+    caption_msg,
+    detections_msg,
+    watch_event_msg,
+    watch_states_msg,
+)
 from .qos_check import PublisherEventCallbacks, incompatible_message
 from .share import share_path
+from .watches import Watches, make_watch
 from .worker import Frame, Job, Worker
 
 ANSWER_TIMEOUT_S = 600.0
@@ -59,6 +74,9 @@ ANSWER_TIMEOUT_S = 600.0
 # busy: a depth of 64 answers every request of any burst a robot's nodes make (50 are tested).
 REQUEST_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
+# ~/watch_states: the latest only, kept for subscribers that join later (a behavior tree starting late).
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # How long a finished goal's result waits for its client (rclpy's default is 900 s). Clients ask for
 # it as soon as the goal is accepted; a result nobody fetched in a minute is not coming.
 RESULT_TIMEOUT_S = 60
@@ -70,7 +88,8 @@ LOST_HINT_PERIOD_S = 60.0
 
 
 def _descriptor(p: P.Param) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=p.description)
+    # An empty list has no type rclpy could infer: a params file's list of strings gives it one.
+    d = ParameterDescriptor(description=p.description, dynamic_typing=p.default == [])
     if p.range is not None:
         if isinstance(p.default, int) and not isinstance(p.default, bool):
             d.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]), step=1)]
@@ -85,7 +104,11 @@ class VLMNode(LifecycleNode):
         super().__init__(name, **kwargs)
         self._guard_change_state()
         for p in P.PARAMS:
-            self.declare_parameter(p.name, p.default, _descriptor(p))
+            self._declare(p.name, p.default, _descriptor(p))
+        for name in self._p("watches"):  # watch.NAME.FIELD, read on activate
+            for field, default in P.WATCH_FIELDS.items():
+                self._declare(f"watch.{name}.{field}", default,
+                              ParameterDescriptor(dynamic_typing=default == []))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.vlm = None
         self.worker: Optional[Worker] = None
@@ -105,7 +128,17 @@ class VLMNode(LifecycleNode):
         self.diag_pub = None
         self._qos_incompatible = {}  # topic -> incompatible-QoS events seen (for /diagnostics)
         self._lost_reported = {}  # camera -> frames lost when we last said so
+        self.watches = Watches()
+        self.conversations = Conversations()
+        self.watch_events_pub = self.watch_states_pub = None
+        self._watch_services = []
         self._qos_lock = threading.Lock()
+
+    def _declare(self, name: str, default, descriptor: ParameterDescriptor) -> None:
+        self.declare_parameter(name, default, descriptor)
+        if default == [] and self.get_parameter(name).value is None:
+            # A params file's `[]` arrives without a type (rcl cannot tell what it is a list of).
+            self.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, [])])
 
     def _guard_change_state(self) -> None:
         """Refuse lifecycle transitions that are not valid in the current state, with a log line.
@@ -181,6 +214,9 @@ class VLMNode(LifecycleNode):
         w.max_queue = int(values["max_queue"])
         w.change_threshold = float(values["change_threshold"])
         w.caption_params = P.generation_params(values)
+        w.watch_params = P.generation_params(values)
+        self.conversations.max_turns = int(values["conversation_max_turns"])
+        self.conversations.idle_s = float(values["conversation_idle_s"])
 
     # -- lifecycle -------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -200,14 +236,24 @@ class VLMNode(LifecycleNode):
             self.get_logger().error(f"cannot use the engine {engine}: {refused}")
             return TransitionCallbackReturn.FAILURE
         self.model_id = self.vlm.model_id
+        self.vlm.grammars  # built now (a vocabulary's worth of work), not at the first typed question
+        self.watches = Watches()
         self.worker = Worker(self.vlm, self._publish_caption, self._publish_answer_boxes,
                              log_error=lambda m: self.get_logger().error(m),
-                             log_refused=lambda m: self.get_logger().warning(m, throttle_duration_sec=5.0))
+                             log_refused=lambda m: self.get_logger().warning(m, throttle_duration_sec=5.0),
+                             watches=self.watches, on_watch=self._publish_watch)
         self._apply_live(self._values())
         self.caption_pub = self._output(Caption, "~/caption", 10)
         self.detections_pub = self._output(Detection2DArray, "~/detections", 10)
         self.annotated_pub = self._output(Image, "~/annotated", 2)
         self.diag_pub = self._output(DiagnosticArray, "/diagnostics", 10)
+        self.watch_events_pub = self._output(WatchEvent, "~/watch_events", 50)
+        self.watch_states_pub = self._output(WatchStates, "~/watch_states", LATCHED_QOS)
+        self._watch_services = [
+            self.create_service(AddWatch, "~/add_watch", self._serve_add_watch, qos_profile=REQUEST_QOS,
+                                callback_group=self._group),
+            self.create_service(RemoveWatch, "~/remove_watch", self._serve_remove_watch,
+                                qos_profile=REQUEST_QOS, callback_group=self._group)]
         self._service = self.create_service(AskService, "~/ask", self._serve_ask, qos_profile=REQUEST_QOS,
                                             callback_group=self._group)
         self._action = ActionServer(self, AskAction, "~/ask", execute_callback=self._execute_ask,
@@ -243,12 +289,15 @@ class VLMNode(LifecycleNode):
         # rclpy has no graph-change callback (Humble has no matched event either): look every
         # GRAPH_CHECK_S, in the frame callbacks' group, so no frame callback runs during a re-subscribe.
         self._graph_timer = self.create_timer(GRAPH_CHECK_S, self._follow_publishers)
+        self._add_declared_watches([c for c, _ in pairs])
         self.worker.start()
         self._diag_timer = self.create_timer(self._p("diagnostics_period_s"), self._publish_diagnostics)
         self._state = "active"
         self.get_logger().info(f"active: cameras {[c for c, _ in pairs]}, "
                                f"captions at {self._p('caption_rate_hz')} Hz")
-        return super().on_activate(state)  # enables the lifecycle publishers
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self._publish_watch(None)  # the states as they stand (a subscriber latches the latest)
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         super().on_deactivate(state)  # outputs off first: nothing is published from here on
@@ -279,13 +328,17 @@ class VLMNode(LifecycleNode):
         """Free the engine and everything made on configure."""
         if self._action is not None:
             self._action.destroy()
-        if self._service is not None:
-            self.destroy_service(self._service)
-        for pub in (self.caption_pub, self.detections_pub, self.annotated_pub, self.diag_pub):
+        for service in [self._service] + self._watch_services:
+            if service is not None:
+                self.destroy_service(service)
+        for pub in (self.caption_pub, self.detections_pub, self.annotated_pub, self.diag_pub,
+                    self.watch_events_pub, self.watch_states_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         self._action = self._service = None
+        self._watch_services = []
         self.caption_pub = self.detections_pub = self.annotated_pub = self.diag_pub = None
+        self.watch_events_pub = self.watch_states_pub = None
         self.worker = None
         self.vlm = None
 
@@ -327,9 +380,11 @@ class VLMNode(LifecycleNode):
         return lambda info: self.get_logger().debug(
             f"camera '{camera}': a publisher with incompatible QoS appeared on {topic}; following it")
 
-    def _output(self, msg_type, topic: str, depth: int):
-        """A lifecycle publisher (enabled only while active) that reports incompatible subscribers."""
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth)
+    def _output(self, msg_type, topic: str, depth):
+        """A lifecycle publisher (enabled only while active) that reports incompatible subscribers;
+        `depth`: its keep-last depth, or a whole QoSProfile."""
+        qos = depth if isinstance(depth, QoSProfile) else QoSProfile(history=HistoryPolicy.KEEP_LAST,
+                                                                     depth=depth)
         fix = "Subscribe with reliable, volatile QoS (or best_effort)."
         events = PublisherEventCallbacks(
             incompatible_qos=self._on_incompatible_qos(topic, qos, "publishes", fix))
@@ -385,8 +440,15 @@ class VLMNode(LifecycleNode):
         if self._state != "active" or self.worker is None:
             raise VLMError(f"node is {self._state}, not active")
         question = check_question(request.question)
+        answer_type = self._answer_type(answer_type_from_msg(request.answer_type), request.max_new_tokens)
         now = time.monotonic()
-        if len(image.data):
+        conversation, history = request.conversation.strip(), ()
+        if conversation and conversation != NEW:  # a follow-up: its conversation's image and turns
+            if len(image.data) or len(compressed.data):
+                raise VLMError("a follow-up question is about its conversation's image: send no image")
+            known = self.conversations.get(conversation)
+            frame, camera, history = known.frame, known.camera, tuple(known.turns)
+        elif len(image.data):
             check_imgmsg(image)
             frame, camera = Frame(image, imgmsg_to_rgb, now), ""
         elif len(compressed.data):
@@ -406,7 +468,19 @@ class VLMNode(LifecycleNode):
         # Ask's conventions: max_new_tokens 0 and temperature < 0 mean "the node's parameter".
         params = P.generation_params(self._values(), max_new_tokens=request.max_new_tokens or None,
                                      temperature=request.temperature if request.temperature >= 0 else None)
-        return Job(frame=frame, camera=camera, question=question, params=params)
+        if conversation == NEW:
+            conversation = self.conversations.start(camera, frame).id
+        return Job(frame=frame, camera=camera, question=question, params=params,
+                   answer_type=answer_type if answer_type.typed else None, history=history,
+                   conversation=conversation)
+
+    def _answer_type(self, answer_type: AnswerType, max_new_tokens: int = 0) -> AnswerType:
+        """`answer_type` checked, and its grammar compiled, before anything is queued: a bad type is
+        the request's error (AnswerTypeError names it)."""
+        answer_type = answer_type.check()
+        if answer_type.typed and answer_type.alternatives() is None:
+            self.vlm.grammars.matcher(answer_type, int(max_new_tokens or self._p("max_new_tokens")))
+        return answer_type
 
     def _busy(self) -> str:
         return (f"busy: {self.worker.queue_length()} question(s) already waiting (max_queue "
@@ -428,12 +502,16 @@ class VLMNode(LifecycleNode):
         if not job.done.is_set():
             job.cancel.set()  # nobody will read it any more: stop spending the worker on it
         error = job.stopped or job.error or ("" if job.done.is_set() else "timed out")
+        conversation = job.conversation
         if job.answer is not None:
-            out.answer = answer_msg(job.answer, job.frame.header, job.camera, self.model_id)
+            out.answer = answer_msg(job.answer, job.frame.header, job.camera, self.model_id, conversation)
             if not error and not job.answer.text:
                 error = f"the model gave an empty answer (finish reason: {job.answer.finish_reason})"
+            error = error or job.answer.error  # a typed answer cut before it was whole
         out.success = job.answer is not None and not error
         out.error = error
+        if out.success and conversation:
+            self.conversations.add_turn(conversation, job.question, job.answer.text)
         return out
 
     def _execute_ask(self, goal_handle):
@@ -476,6 +554,75 @@ class VLMNode(LifecycleNode):
             job.cancel.set()  # the worker stops before its next token
         return CancelResponse.ACCEPT
 
+    # -- watches ---------------------------------------------------------------------------------
+    def _add_watch(self, name: str, question: str, answer_type: AnswerType, cameras, period_s: float,
+                   hysteresis: int, min_confidence: float) -> None:
+        """Check and add (or replace) a watch; WatchError / AnswerTypeError names what is wrong."""
+        if not (answer_type.kind or "").strip():
+            answer_type = AnswerType("bool", answer_type.choices, answer_type.minimum, answer_type.maximum,
+                                     answer_type.schema)
+        watch = make_watch(name, question, answer_type, list(cameras), list(self._p("cameras")), period_s,
+                           hysteresis, min_confidence)
+        check_question(watch.question)
+        checked = self._answer_type(watch.answer_type)
+        self.watches.add(type(watch)(**{**vars(watch), "answer_type": checked}))
+        self.get_logger().info(f"watch '{name}' on {', '.join(watch.cameras)}: {watch.question!r} "
+                               f"({checked.kind}, hysteresis {watch.hysteresis}, "
+                               f"min_confidence {watch.min_confidence:g})")
+        self._publish_watch(None)
+
+    def _add_declared_watches(self, cameras) -> None:
+        """The params file's watches (watch.NAME.*); a bad one is one error line, the others still run."""
+        for name in self._p("watches"):
+            f = {field: self._p_or(f"watch.{name}.{field}", default)
+                 for field, default in P.WATCH_FIELDS.items()}
+            try:
+                self._add_watch(name, f["question"], AnswerType(f["type"], tuple(f["choices"]),
+                                                                schema=f["schema"] or None),
+                                f["cameras"], float(f["period_s"]), int(f["hysteresis"]),
+                                float(f["min_confidence"]))
+            except (VLMError, ValueError) as e:
+                self.get_logger().error(f"watch '{name}' of the params file not added: {e}")
+
+    def _p_or(self, name: str, default):
+        try:
+            value = self.get_parameter(name).value
+        except Exception:  # not declared (a name added later), or a list left empty
+            return default
+        return default if value is None else value
+
+    def _serve_add_watch(self, request, response):
+        if self._state != "active":
+            response.success, response.error = False, f"node is {self._state}, not active"
+            return response
+        try:
+            self._add_watch(request.name, request.question, answer_type_from_msg(request.answer_type),
+                            request.cameras, float(request.period_s), int(request.hysteresis),
+                            float(request.min_confidence))
+            response.success = True
+        except (VLMError, ValueError) as e:
+            response.success, response.error = False, str(e)
+        return response
+
+    def _serve_remove_watch(self, request, response):
+        try:
+            self.watches.remove(request.name)
+            response.success = True
+            self._publish_watch(None)
+        except VLMError as e:
+            response.success, response.error = False, str(e)
+        return response
+
+    def _publish_watch(self, event) -> None:
+        """A watch's value changed (`event`), or only the published states did (None)."""
+        if event is not None and self.watch_events_pub is not None:
+            self.watch_events_pub.publish(watch_event_msg(event))
+            self.get_logger().info(f"watch '{event.watch}' on '{event.camera}': {event.previous_json} -> "
+                                   f"{event.value_json} (confidence {event.confidence:.2f})")
+        if self.watch_states_pub is not None:
+            self.watch_states_pub.publish(watch_states_msg(self.watches.snapshot(),
+                                                           self.get_clock().now().to_msg()))
+
     # -- diagnostics -------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         w = self.worker
@@ -505,6 +652,12 @@ class VLMNode(LifecycleNode):
             values.update({"last_latency_s": f"{t.total_s:.3f}",
                            "last_decode_tokens_per_s": f"{t.decode_tokens_per_s:.1f}",
                            "last_vision_s": f"{t.vision_s:.3f}", "last_prefill_s": f"{t.prefill_s:.3f}"})
+        for watch, cam, st in self.watches.snapshot():
+            values.update({f"watch.{watch.name}.{cam}": st.value_json if st.known else "unknown",
+                           f"watch.{watch.name}.{cam}.confidence": f"{st.confidence:.3f}",
+                           f"watch.{watch.name}.{cam}.evaluations": st.evaluations,
+                           f"watch.{watch.name}.{cam}.changes": st.changes})
+        values["conversations"] = len(self.conversations)
         with self._qos_lock:
             qos_incompatible = dict(self._qos_incompatible)
         values.update({f"{topic}.qos_incompatible": n for topic, n in qos_incompatible.items()})

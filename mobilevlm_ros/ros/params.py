@@ -45,6 +45,16 @@ def _transports(v: Any) -> str:
     return "" if v and all(t in TRANSPORTS for t in v) else f"each must be {' or '.join(TRANSPORTS)}"
 
 
+def _watch_names(v: Any) -> str:
+    from .watches import WATCH_NAME  # (watches.py imports nothing of ROS either)
+
+    bad = [n for n in v if not isinstance(n, str) or not WATCH_NAME.match(n)]
+    if bad:
+        return f"invalid watch name {bad[0]!r}: letters, digits and '_', starting with a letter"
+    repeated = sorted({n for n in v if v.count(n) > 1})
+    return f"{', '.join(repeated)} named more than once" if repeated else ""
+
+
 def _question(v: Any) -> str:
     try:
         check_question(v)
@@ -100,10 +110,21 @@ PARAMS = (
           "(reused: true) without inference; 0: off", (0.0, 255.0), True),
     Param("max_queue", 2, "questions that may wait while one is answered; more are refused as busy",
           (0, 8), True),
+    Param("conversation_max_turns", 8, "follow-up questions: turns a conversation may have", (1, 32), True),
+    Param("conversation_idle_s", 300.0, "follow-up questions: a conversation unused this long expires",
+          (1.0, 86400.0), True),
+    Param("watches", [], "standing watches declared in the params file, by name; each has parameters "
+                         "watch.NAME.question, .type, .choices, .schema, .cameras, .period_s, "
+                         ".hysteresis, .min_confidence (more through ~/add_watch)", check=_watch_names),
     Param("diagnostics_period_s", 1.0, "how often /diagnostics is published", (0.1, 60.0)),
     Param("autostart", True, "configure and activate at start-up (a lifecycle manager can do it instead)"),
 )
 BY_NAME = {p.name: p for p in PARAMS}
+
+
+# A declared watch's parameters (watch.NAME.FIELD) and their defaults; see watches.py.
+WATCH_FIELDS = {"question": "", "type": "bool", "choices": [], "schema": "", "cameras": [], "period_s": 0.0,
+                "hysteresis": 2, "min_confidence": 0.6}
 
 
 def check(name: str, value: Any) -> str:

@@ -70,6 +70,7 @@ class Job:
     params: GenerationParams
     answer_type: Optional[AnswerType] = None  # None: free text
     history: tuple = ()  # earlier turns of its conversation: ((question, answer), ...)
+    conversation: str = ""  # its conversation's id ("" for a question of its own)
     on_text: Optional[Callable[[str, int], None]] = None  # (text so far, tokens) after each piece
     cancel: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
