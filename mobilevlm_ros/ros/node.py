@@ -558,9 +558,6 @@ class VLMNode(LifecycleNode):
     def _add_watch(self, name: str, question: str, answer_type: AnswerType, cameras, period_s: float,
                    hysteresis: int, min_confidence: float) -> None:
         """Check and add (or replace) a watch; WatchError / AnswerTypeError names what is wrong."""
-        if not (answer_type.kind or "").strip():
-            answer_type = AnswerType("bool", answer_type.choices, answer_type.minimum, answer_type.maximum,
-                                     answer_type.schema)
         watch = make_watch(name, question, answer_type, list(cameras), list(self._p("cameras")), period_s,
                            hysteresis, min_confidence)
         check_question(watch.question)
@@ -595,6 +592,8 @@ class VLMNode(LifecycleNode):
         if self._state != "active":
             response.success, response.error = False, f"node is {self._state}, not active"
             return response
+        if not request.answer_type.kind.strip():
+            request.answer_type.kind = "bool"  # AddWatch's default
         try:
             self._add_watch(request.name, request.question, answer_type_from_msg(request.answer_type),
                             request.cameras, float(request.period_s), int(request.hysteresis),
