@@ -63,11 +63,13 @@ interfaces: $(ROS_STAMP)
 	bash scripts/setup_ros.sh interfaces $(VENV)
 	touch $(IFACE_STAMP)
 
-# The main job: the demo bag replayed through the VLM node on the demo engine; captions and
-# answers print as they come; annotated frames go to $(BUILD)/demo_annotated.png, outputs to a bag.
+# The main job: the demo bag replayed through the VLM node on the demo engine; captions, answers
+# (typed ones with their value and confidence) and the changes of a standing watch print as they
+# come; annotated frames go to $(BUILD)/demo_annotated.png, outputs to a bag.
 DEMO_ENGINE ?= engines/demo
 demo: setup
 	$(PY) -m mobilevlm_ros.tools.replay test/fixtures/demo_bag --engine $(DEMO_ENGINE) --rate 1 \
+		--watch blue_square="Is there a blue square?" \
 		--out $(BUILD)/demo_out --overwrite --frames-png $(BUILD)/demo_annotated.png
 	@echo "annotated frames: $(BUILD)/demo_annotated.png   output bag: $(BUILD)/demo_out"
 

@@ -92,6 +92,24 @@ def test_compare_runs_on_a_hand_made_pair():
     assert C.compare_runs(cand, cand, C.Thresholds())["totals"]["changed"] == 0
 
 
+def test_typed_answers_compare_by_value_and_confidence():
+    q = "Is the door open?"
+    cand = _records([], [(1, q, "Yes", [])], frames=[[("front", 1), ("front", 2)]])
+    base = _records([], [(1, q, "No", [])], frames=[[("front", 1), ("front", 2)]])
+    cand["answers"][0].update(answer_type="bool", value_json="true", confidence=0.9)
+    base["answers"][0].update(answer_type="bool", value_json="false", confidence=0.6)
+    out = C.compare_runs(cand, base, C.Thresholds())
+    t = out["totals"]
+    assert (t["typed"], t["value_changes"], t["confidence_moves"]) == (1, 1, 1)
+    (answer,) = out["frames"][0]["answers"]
+    assert answer["value"] == ["true", "false"] and answer["confidence"] == [0.9, 0.6]
+    assert any("1 typed answers changed value" in c for c in C.Thresholds().crossed(t))
+    base["answers"][0].update(value_json="true", confidence=0.85)
+    t = C.compare_runs(cand, base, C.Thresholds())["totals"]
+    assert (t["value_changes"], t["confidence_moves"]) == (0, 0)
+    assert not any("typed" in c for c in C.Thresholds().crossed(t))
+
+
 def test_bag_arguments(tmp_path):
     for name in ("fleet/r1/day1", "fleet/r2/day1", "fleet/r2/day2"):
         os.makedirs(tmp_path / name)

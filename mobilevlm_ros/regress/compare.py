@@ -1,5 +1,6 @@
 """Two runs of one bag compared frame by frame: captions and answers (text changed, text similarity),
-count answers, boxes matched by phrase (IoU), and what one side has and the other lacks.
+count answers, typed answers (value changed, confidence moved), boxes matched by phrase (IoU), and
+what one side has and the other lacks.
 
 Sides are "candidate" (the engine under test) and "baseline"; records are task.py's. A frame is
 (camera, stamp); an answer is (camera, stamp, question).
@@ -27,6 +28,8 @@ class Thresholds:
     max_box_changes: int = 0
     max_count_changes: int = 0
     max_missing: int = 0  # captions or answers one side has and the other lacks
+    max_value_changes: int = 0  # typed answers whose value differs between the sides
+    confidence_shift: float = 0.2  # a typed answer's confidence moving more than this is counted (not judged)
 
     def crossed(self, totals: dict) -> List[str]:
         """The thresholds `totals` (compare_runs' or summed over bags) crosses, each as a sentence."""
@@ -39,6 +42,9 @@ class Thresholds:
                        f"at most {self.max_box_changes})")
         if totals["count_changes"] > self.max_count_changes:
             out.append(f"{totals['count_changes']} count answers changed (at most {self.max_count_changes})")
+        if totals.get("value_changes", 0) > self.max_value_changes:
+            out.append(f"{totals['value_changes']} typed answers changed value "
+                       f"(at most {self.max_value_changes})")
         if totals["missing"] > self.max_missing:
             out.append(f"{totals['missing']} captions/answers on one side only (at most {self.max_missing})")
         return out
@@ -104,10 +110,15 @@ def compare_runs(candidate: dict, baseline: dict, thresholds: Thresholds) -> dic
             frame["caption"] = frame["caption"] or {}
             frame["caption"][side] = c["text"]
         for a in rec["answers"]:  # an answer about an image given in the request: no camera, still a stamp
-            answer = {"text": a["text"], "boxes": a["boxes"]}
-            frame_of(a)["answers"].setdefault(a["question"], {})[side] = answer
+            answer = {"text": a["text"], "boxes": a["boxes"], "answer_type": a.get("answer_type", "text"),
+                      "value_json": a.get("value_json", ""), "confidence": a.get("confidence", -1.0)}
+            # A question asked in free text and typed about one frame: two answers to compare.
+            kind = answer["answer_type"]
+            question = a["question"] + ("" if kind == "text" else f" [{kind}]")
+            frame_of(a)["answers"].setdefault(question, {})[side] = answer
     totals = {"frames": len(frames), "texts": 0, "changed": 0, "dissimilar": 0, "similarity_sum": 0.0,
-              "counts": 0, "count_changes": 0, "boxes": 0, "box_changes": 0, "min_iou": None, "missing": 0}
+              "counts": 0, "count_changes": 0, "boxes": 0, "box_changes": 0, "min_iou": None, "missing": 0,
+              "typed": 0, "value_changes": 0, "confidence_moves": 0}
     out = []
     for key in sorted(frames, key=lambda k: (k[1], k[0])):
         f = frames[key]
@@ -124,6 +135,15 @@ def compare_runs(candidate: dict, baseline: dict, thresholds: Thresholds) -> dic
             item = {"question": question, "grounded": grounded,
                     **_texts(a and a["text"], b and b["text"], thresholds, totals, judged=not grounded),
                     "candidate_boxes": a["boxes"] if a else [], "baseline_boxes": b["boxes"] if b else []}
+            if a and b and "text" not in (a["answer_type"], b["answer_type"]):
+                item["value"] = [a["value_json"], b["value_json"]]
+                item["confidence"] = [a["confidence"], b["confidence"]]
+                totals["typed"] += 1
+                if a["value_json"] != b["value_json"]:
+                    totals["value_changes"] += 1
+                    item["score"] += 1.0
+                if abs(a["confidence"] - b["confidence"]) > thresholds.confidence_shift:
+                    totals["confidence_moves"] += 1
             if a and b:
                 counts = count_of(a["text"]), count_of(b["text"])
                 if counts != (None, None):
@@ -171,8 +191,8 @@ def _texts(a: Optional[str], b: Optional[str], thresholds: Thresholds, totals: d
 def add_totals(all_totals: List[dict]) -> dict:
     """Totals of several bags as one."""
     keys = ("frames", "texts", "changed", "dissimilar", "counts", "count_changes", "boxes", "box_changes",
-            "missing")
-    out = {k: sum(t[k] for t in all_totals) for k in keys}
+            "missing", "typed", "value_changes", "confidence_moves")
+    out = {k: sum(t.get(k, 0) for t in all_totals) for k in keys}
     ious = [t["min_iou"] for t in all_totals if t["min_iou"] is not None]
     out["min_iou"] = min(ious) if ious else None
     weighted = sum((t["mean_similarity"] or 0.0) * t["texts"] for t in all_totals)

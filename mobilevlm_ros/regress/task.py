@@ -5,7 +5,8 @@ the serial executor; it is a plain function of its arguments (a retried task red
 Records are plain JSON-able data, so they travel from Ray workers and are kept as records.json:
   {"bag", "engine", "engine_sha256", "frames": [{"camera", "stamp_ns", "topic"}],
    "captions": [{"camera", "stamp_ns", "text", "reused"}],
-   "answers": [{"camera", "stamp_ns", "question", "text", "boxes": [{"phrase", "box": [x1, y1, x2, y2]}]}],
+   "answers": [{"camera", "stamp_ns", "question", "text", "boxes": [{"phrase", "box": [x1, y1, x2, y2]}],
+                "answer_type", "value_json", "confidence"}],
    "summary": the replay's summary, "wall_s"}
 """
 
@@ -79,5 +80,6 @@ def read_records(in_bag: str, out_bag: str) -> dict:
         else:
             boxes = [{"phrase": b.label, "box": [round(v, 2) for v in box_corners(b)]} for b in m.boxes]
             answers.append({"camera": m.camera, "stamp_ns": stamp_ns(m.header), "question": m.question,
-                            "text": m.text, "boxes": boxes})
+                            "text": m.text, "boxes": boxes, "answer_type": m.answer_type or "text",
+                            "value_json": m.value_json, "confidence": round(float(m.confidence), 4)})
     return {"bag": os.path.abspath(in_bag), "frames": frames, "captions": captions, "answers": answers}

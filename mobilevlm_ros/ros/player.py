@@ -28,6 +28,7 @@ from rclpy.validate_namespace import validate_namespace
 from rclpy.validate_node_name import validate_node_name
 from sensor_msgs.msg import CompressedImage, Image
 
+from ..msg import AnswerType
 from ..runtime.errors import ImageError
 from ..srv import Ask
 from . import bags
@@ -186,6 +187,16 @@ def subscribed_reliability(ros_node, topic: str, node: str) -> Optional[Reliabil
     return mine[0] if len(mine) == 1 else None
 
 
+def answer_type_msg(spec: Optional[dict]) -> AnswerType:
+    """A bag question's answer type ({"kind", "choices", "minimum", "maximum", "schema"}) as the message."""
+    spec = spec or {}
+    schema = spec.get("schema", "")
+    return AnswerType(kind=str(spec.get("kind", "")), choices=[str(c) for c in spec.get("choices", [])],
+                      minimum=[float(spec["minimum"])] if spec.get("minimum") is not None else [],
+                      maximum=[float(spec["maximum"])] if spec.get("maximum") is not None else [],
+                      schema=schema if isinstance(schema, str) else json.dumps(schema))
+
+
 class Player:
     """Publishes a bag's frames to the node `node` (fully qualified name) and asks its questions.
     `inputs`: camera -> the topic the node takes that camera's frames on."""
@@ -224,9 +235,11 @@ class Player:
         self.publishers[event.camera].publish(event.data)
 
     def ask(self, q: dict):
-        """Ask a question dict through ~/ask; the future of its response."""
+        """Ask a question dict through ~/ask; the future of its response. `answer_type` ({"kind", "choices",
+        "minimum", "maximum", "schema"}) makes it a typed question."""
         return self.ask_client.call_async(Ask.Request(question=q["question"], camera=q.get("camera", ""),
-                                                        max_new_tokens=int(q.get("max_new_tokens", 0))))
+                                                        max_new_tokens=int(q.get("max_new_tokens", 0)),
+                                                        answer_type=answer_type_msg(q.get("answer_type"))))
 
     def play(self, events: List[Event], rate: float, wait_for_caption: Callable[[int, float], bool],
              on_response: Callable[[dict, object], None]) -> List[float]:

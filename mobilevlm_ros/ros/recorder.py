@@ -1,8 +1,8 @@
 """The output side of mobilevlm-replay: what the node says, kept in arrival order and written to a bag.
 
-Subscribes to the node's ~/caption (and ~/annotated) by the node's fully qualified name, keeps the
-answers the player hands over, and writes everything under the node's names: {node}/caption,
-{node}/answers, {node}/annotated.
+Subscribes to the node's ~/caption, ~/watch_events (and ~/annotated) by the node's fully qualified
+name, keeps the answers the player hands over, and writes everything under the node's names:
+{node}/caption, {node}/answers, {node}/watch_events, {node}/annotated.
 """
 
 from __future__ import annotations
@@ -14,30 +14,36 @@ from typing import Callable, List, Optional, Tuple
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
 
-from ..msg import Caption
+from ..msg import Caption, WatchEvent
 from .bags import BagWriter
 from .player import stamp_ns, wait_until
 
 CAPTION_TYPE = "mobilevlm_ros/msg/Caption"
 ANSWER_TYPE = "mobilevlm_ros/msg/GroundedAnswer"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+WATCH_EVENT_TYPE = "mobilevlm_ros/msg/WatchEvent"
 
 
 class Recorder:
     """The node's captions (and annotated frames) as they arrive, and the answers it gave."""
 
     def __init__(self, ros_node, node: str, annotated: bool = False,
-                 on_caption: Optional[Callable[[Caption], None]] = None):
+                 on_caption: Optional[Callable[[Caption], None]] = None,
+                 on_watch_event: Optional[Callable[[WatchEvent], None]] = None):
         self.node = node
         self.records: List[Tuple[str, str, int, bytes]] = []  # (topic, type, arrival time, CDR bytes)
         self.captions: List[Caption] = []
         self.answers: List[tuple] = []  # (question dict, GroundedAnswer)
+        self.watch_events: List[WatchEvent] = []
         self._caption_stamps = set()  # source stamps captioned so far (lock-step playback waits on them)
         self._changed = threading.Condition()  # guards the lists above; notified on each caption
-        self._on_caption = on_caption
+        self._on_caption, self._on_watch_event = on_caption, on_watch_event
         # raw: the bytes go to the bag as the node sent them; only captions are decoded (for stamps).
         captions = ros_node.create_subscription(Caption, f"{node}/caption", self._caption, 50, raw=True)
+        events = ros_node.create_subscription(WatchEvent, f"{node}/watch_events", self._watch_event, 50,
+                                              raw=True)
         self.subscriptions = [captions]
+        self.watch_subscription = events
         if annotated:
             topic = f"{node}/annotated"
             self.subscriptions.append(ros_node.create_subscription(
@@ -77,6 +83,14 @@ class Recorder:
             self._changed.notify_all()
         if self._on_caption is not None:
             self._on_caption(caption)
+
+    def _watch_event(self, raw: bytes) -> None:
+        self._add(f"{self.node}/watch_events", WATCH_EVENT_TYPE, raw)
+        event = deserialize_message(raw, WatchEvent)
+        with self._changed:
+            self.watch_events.append(event)
+        if self._on_watch_event is not None:
+            self._on_watch_event(event)
 
     def _add(self, topic: str, msgtype: str, data: bytes) -> None:
         with self._changed:

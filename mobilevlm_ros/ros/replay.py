@@ -16,12 +16,15 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
            questions: Optional[str] = None, annotated: bool = False, max_new_tokens: int = 48,
            storage: str = "sqlite3", quiet: bool = False, node: str = "/vlm",
            change_threshold: Optional[float] = None, camera_topics: Optional[Dict[str, str]] = None,
-           domain_id: Optional[int] = None, threads: int = 0) -> dict:
+           domain_id: Optional[int] = None, threads: int = 0,
+           watches: Optional[Dict[str, str]] = None) -> dict:
     """Play `in_bag` into the node `node` (started here on `engine` if given), record its outputs to
     `out_bag`; the summary (report.summary). `camera_topics` (camera -> topic) overrides where frames
     go; else a running node's own report of its inputs, else the default names. `domain_id`: the ROS
-    domain of this replay (default: ROS_DOMAIN_ID). Interrupted (KeyboardInterrupt), it still writes
-    `out_bag` with everything recorded so far, then re-raises."""
+    domain of this replay (default: ROS_DOMAIN_ID). `watches` (name -> yes/no question): standing
+    watches added to the node before the first frame, their events printed and recorded.
+    Interrupted (KeyboardInterrupt), it still writes `out_bag` with everything recorded so far, then
+    re-raises."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
@@ -47,7 +50,9 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
                                   threads)
         replay_node = rclpy.create_node("mobilevlm_replay", context=context)
         recorder = Recorder(replay_node, node, annotated,
-                            on_caption=None if quiet else lambda c: print(report.caption_text(c), flush=True))
+                            on_caption=None if quiet else lambda c: print(report.caption_text(c), flush=True),
+                            on_watch_event=None if quiet else lambda e: print(report.watch_event_text(e),
+                                                                              flush=True))
         executor = MultiThreadedExecutor(num_threads=16, context=context)
         for n in (vlm, replay_node):
             if n is not None:
@@ -74,6 +79,8 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
 
         player.wait_for_node(timeout=30)
         recorder.wait_for_node(timeout=10)
+        for name, question in (watches or {}).items():
+            _add_watch(replay_node, node, name, question)
         # DDS matches each side on its own: our reader can see the node's caption writer before that
         # writer has matched our reader, and a volatile caption sent in that gap never arrives (seen
         # once in CI: the first frame's caption lost, lock-step waiting 120 s). Give the other sides time.
@@ -93,7 +100,23 @@ def replay(in_bag: str, out_bag: str, engine: Optional[str], rate: float = 1.0,
         rclpy.try_shutdown(context=context)
         if recorder is not None:  # also when interrupted: what was recorded up to then
             recorder.write(out_bag, storage)
-    return report.summary(events, recorder.captions, recorder.answers, timing_errors)
+    result = report.summary(events, recorder.captions, recorder.answers, timing_errors)
+    result["watch_events"] = len(recorder.watch_events)
+    return result
+
+
+def _add_watch(ros_node, node: str, name: str, question: str, timeout: float = 30.0) -> None:
+    """A yes/no watch on every camera of `node`, through its ~/add_watch (RuntimeError on refusal)."""
+    from ..srv import AddWatch
+    from .player import wait_until
+
+    client = ros_node.create_client(AddWatch, f"{node}/add_watch")
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise RuntimeError(f"{node} has no add_watch service")
+    future = client.call_async(AddWatch.Request(name=name, question=question))
+    wait_until(future.done, timeout, f"{node}/add_watch")
+    if not future.result().success:
+        raise RuntimeError(f"watch '{name}': {future.result().error}")
 
 
 def _start_vlm_node(node: str, engine: str, transports: Dict[str, str], max_new_tokens: int, context,

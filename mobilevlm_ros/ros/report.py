@@ -7,6 +7,7 @@ from nodes of different names compare with each other.
 
 from __future__ import annotations
 
+import json
 from typing import List
 
 from ..runtime.grounding import box_iou
@@ -29,7 +30,14 @@ def caption_text(c) -> str:
 def answer_text(q: dict, a) -> str:
     boxes = "".join(f" [{b.label or '-'}: " + ",".join(f"{v:.0f}" for v in box_corners(b)) + " px]"
                     for b in a.boxes)
-    return f"  Q ({q.get('camera') or '-'}): {q['question']}\n  A: {a.text}{boxes}"
+    typed = (f"  ({a.answer_type} {a.value_json}, confidence {a.confidence:.2f})"
+             if a.answer_type not in ("", "text") else "")
+    return f"  Q ({q.get('camera') or '-'}): {q['question']}\n  A: {a.text}{boxes}{typed}"
+
+
+def watch_event_text(e) -> str:
+    return (f"[{e.header.stamp.sec}.{e.header.stamp.nanosec:09d}] watch '{e.watch}' on {e.camera}: "
+            f"{e.previous_value_json or '?'} -> {e.value_json} (confidence {e.confidence:.2f})")
 
 
 def refusal_text(q: dict, error: str) -> str:
@@ -39,12 +47,15 @@ def refusal_text(q: dict, error: str) -> str:
 # -- the summary ----------------------------------------------------------------------------------
 def summary(events: List[Event], captions: list, answers: list, timing_errors: List[float]) -> dict:
     """Counts, and the answers scored against the truth their questions carry: a box (IoU >= 0.5 with
-    the first box of the answer) or a count (the answer's text)."""
+    the first box of the answer), a count (the answer's text), or a typed answer's value (`value`)."""
     frames = sum(e.kind == "frame" for e in events)
-    grounded, grounded_ok, counted, counted_ok = 0, 0, 0, 0
+    grounded, grounded_ok, counted, counted_ok, typed, typed_ok = 0, 0, 0, 0, 0, 0
     for q, a in answers:
         truth = q.get("truth") or {}
-        if "box" in truth:
+        if "value" in truth:
+            typed += 1
+            typed_ok += bool(a.value_json) and json.loads(a.value_json) == truth["value"]
+        elif "box" in truth:
             grounded += 1
             if a.boxes:
                 grounded_ok += box_iou(box_corners(a.boxes[0]), truth["box"]) >= 0.5
@@ -55,14 +66,16 @@ def summary(events: List[Event], captions: list, answers: list, timing_errors: L
     return {"frames": frames, "captions": len(captions), "captions_reused": len(captions) - len(computed),
             "caption_compute_s": sum(c.timings.total_s for c in computed), "answers": len(answers),
             "grounding_iou50": [grounded_ok, grounded], "counting": [counted_ok, counted],
+            "typed": [typed_ok, typed],
             "timing_error_max_s": max((abs(t) for t in timing_errors), default=0.0)}
 
 
 def summary_text(s: dict, out_bag: str) -> str:
-    g, c = s["grounding_iou50"], s["counting"]
+    g, c, t = s["grounding_iou50"], s["counting"], s.get("typed", [0, 0])
     reused = f" ({s['captions_reused']} reused)" if s.get("captions_reused") else ""
-    return (f"{s['frames']} frames, {s['captions']} captions{reused}, {s['answers']} answers; "
-            f"grounding IoU>=0.5 {g[0]}/{g[1]}, counting {c[0]}/{c[1]}; "
+    watched = f", {s['watch_events']} watch events" if s.get("watch_events") else ""
+    return (f"{s['frames']} frames, {s['captions']} captions{reused}, {s['answers']} answers{watched}; "
+            f"grounding IoU>=0.5 {g[0]}/{g[1]}, counting {c[0]}/{c[1]}, typed answers {t[0]}/{t[1]}; "
             f"timing error max {s['timing_error_max_s'] * 1e3:.0f} ms; wrote {out_bag}")
 
 
@@ -99,7 +112,8 @@ def compare_text(report: dict, expected_bag: str, shown: int = 10) -> str:
 
 
 def _outputs(bag: str) -> tuple:
-    """A run's captions by (camera, stamp) and answers by (question, stamp), whatever their topics."""
+    """A run's captions by (camera, stamp) and answers by (question, answer type, stamp), whatever their
+    topics."""
     wanted = {t for t, ty in bags.topics(bag).items() if ty in (CAPTION_TYPE, ANSWER_TYPE)}
     captions, answers = {}, {}
     for _, msgtype, _, raw in bags.read(bag, wanted):
@@ -107,7 +121,8 @@ def _outputs(bag: str) -> tuple:
         if msgtype == CAPTION_TYPE:
             captions[(m.camera, stamp_ns(m.header))] = m
         else:
-            answers[(m.question, stamp_ns(m.header))] = m
+            # One question asked in free text and typed about one frame: two answers.
+            answers[(m.question, m.answer_type or "text", stamp_ns(m.header))] = m
     return captions, answers
 
 

@@ -5,8 +5,9 @@
 
 Topics: /<camera>/image_raw (sensor_msgs/Image, rgb8 frames of the generated world),
 /<camera>/ground_truth (std_msgs/String, JSON: the frame's objects with pixel boxes, same stamp),
-/vlm/questions (std_msgs/String, JSON {"camera", "question", "truth"}: questions the replay asks,
-stamped just after the frame they are about).
+/vlm/questions (std_msgs/String, JSON {"camera", "question", "answer_type"?, "truth"}: questions the
+replay asks, stamped just after the frame they are about; typed ones (a yes/no on every frame, a count
+on every third) carry their answer type and the true value).
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ def record(out: str, frames: int = 12, fps: float = 2.0, camera: str = "front", 
             if i % 3 == 0:
                 asks.append({"question": scenes.count_question(),
                              "truth": {"answer": scenes.count_answer(scene)}})
+                asks.append({"question": scenes.count_question(),  # the same, typed: a number
+                             "answer_type": {"kind": "integer", "minimum": 0, "maximum": scenes.MAX_OBJECTS},
+                             "truth": {"value": len(scene.objects)}})
+            # A typed yes/no question: about an object of the scene on even frames, one absent on odd.
+            present = sorted((o.colour, o.shape) for o in scene.objects)
+            absent = [(c, s) for c in scenes.COLOURS for s in scenes.SHAPES if (c, s) not in present]
+            colour, shape = present[i % len(present)] if i % 2 == 0 or not absent else absent[i % len(absent)]
+            asks.append({"question": scenes.yesno_question(colour, shape), "answer_type": {"kind": "bool"},
+                         "truth": {"value": (colour, shape) in present}})
             for k, q in enumerate(asks):
                 q.update(camera=camera)
                 bag.write(bags.QUESTIONS_TOPIC, "std_msgs/msg/String", t + 1000 + k,

@@ -91,6 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-count-changes", type=int, default=d.max_count_changes)
     g.add_argument("--max-missing", type=int, default=d.max_missing,
                    help="captions/answers one side has and the other lacks")
+    g.add_argument("--max-value-changes", type=int, default=d.max_value_changes,
+                   help="typed answers whose value differs between the sides")
+    g.add_argument("--confidence-shift", type=float, default=d.confidence_shift,
+                   help="a typed answer's confidence moving more than this is counted as moved")
     a = p.parse_args(argv)
     cores = os.cpu_count() or 1
     if a.workers < 0 or a.threads < 0 or a.top < 0:
@@ -100,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.serial and a.address:
         p.error("--serial runs here, without Ray: it takes no --address")
     a.thresholds = Thresholds(a.min_similarity, a.max_dissimilar, a.min_iou, a.max_box_changes,
-                              a.max_count_changes, a.max_missing)
+                              a.max_count_changes, a.max_missing, a.max_value_changes, a.confidence_shift)
     return a
 
 
@@ -280,6 +284,22 @@ def _frames_to_show(per_bag: List[dict], top: int) -> Dict[tuple, object]:
     return images
 
 
+def _accuracy(replays: Dict[str, dict]) -> str:
+    """'candidate: grounding 8/8, counting 3/3, typed 11/11; baseline: ...' for a bag whose questions
+    carry truth ('' when none do)."""
+    parts = []
+    for side in ("candidate", "baseline"):
+        r = replays.get(side)
+        if not r:
+            continue
+        scores = [(name, r.get(key, [0, 0])) for name, key in
+                  (("grounding", "grounding_iou50"), ("counting", "counting"), ("typed", "typed"))]
+        scores = [f"{name} {ok}/{n}" for name, (ok, n) in scores if n]
+        if scores:
+            parts.append(f"{side}: {', '.join(scores)}")
+    return "; ".join(parts)
+
+
 def _summary_text(s: dict, report: str) -> str:
     lines = []
     for b in s["bags"]:
@@ -294,7 +314,11 @@ def _summary_text(s: dict, report: str) -> str:
             lines.append(f"{b['key']}: {t['frames']} frames; {t['changed']}/{t['texts']} texts changed "
                          f"(mean similarity {t['mean_similarity']}); counts changed {t['count_changes']}/"
                          f"{t['counts']}; box changes {t['box_changes']}/{t['boxes']}; "
-                         f"one side only {t['missing']}")
+                         f"typed values changed {t.get('value_changes', 0)}/{t.get('typed', 0)} "
+                         f"(confidence moved {t.get('confidence_moves', 0)}); one side only {t['missing']}")
+        accuracy = _accuracy(b["replay"])
+        if accuracy:
+            lines.append(f"  accuracy against the bag's truth: {accuracy}")
     lines.append(f"{s['executor']} ({s['address']}), {s['workers']} workers x {s['threads_per_task']} "
                  f"threads: {s['pairs_run']} replays in {s['wall_s']:.1f} s ({s['pairs_resumed']} resumed); "
                  f"CPU {s['cpu']}")

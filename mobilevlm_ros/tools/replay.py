@@ -58,6 +58,15 @@ def _camera_topic(value: str) -> tuple:
     return camera, topic
 
 
+def _watch(value: str) -> tuple:
+    """argparse type of --watch: NAME=QUESTION."""
+    name, sep, question = value.partition("=")
+    if not sep or not name or not question.strip():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected NAME=QUESTION, "
+                                         "e.g. door_open='Is the door open?'")
+    return name, question
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that the replay unwinds and writes its bag."""
 
@@ -79,6 +88,9 @@ def main(argv=None) -> int:
     p.add_argument("--camera-topic", type=_camera_topic, action="append", default=[], metavar="CAMERA=TOPIC",
                    help="publish CAMERA's frames to TOPIC (repeatable; default: what a running node reports "
                         "on /diagnostics, else <namespace of --node>/CAMERA/image_raw)")
+    p.add_argument("--watch", type=_watch, action="append", default=[], metavar="NAME=QUESTION",
+                   help="a standing yes/no watch added to the node before the first frame; its events "
+                        "are printed and recorded (repeatable)")
     p.add_argument("--annotated", action="store_true", help="also record the node's annotated frames")
     p.add_argument("--frames-png", metavar="PNG", help="write the annotated frames as one strip image")
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -109,7 +121,8 @@ def main(argv=None) -> int:
     try:
         summary = replay(a.bag, a.out, a.engine, a.rate, a.questions, a.annotated or bool(a.frames_png),
                          a.max_new_tokens, a.storage, quiet=a.json, node=a.node,
-                         change_threshold=a.change_threshold, camera_topics=dict(a.camera_topic))
+                         change_threshold=a.change_threshold, camera_topics=dict(a.camera_topic),
+                         watches=dict(a.watch))
         if a.frames_png:
             summary["frames_png"] = report.write_strip(a.out, a.frames_png)
         if a.compare:
