@@ -9,6 +9,7 @@
   mobilevlm-bench --node [ENGINE_DIR] [--cameras 1 4] ...   # the node under a fixed camera load
   mobilevlm-bench --regress [ENGINE_DIR] [--bags 8]         # mobilevlm-regress serially vs on Ray
   mobilevlm-bench --delivery [ENGINE_DIR] [--sizes 640x480]  # raw frames from another process: what arrives
+  mobilevlm-bench --typed [ENGINE_DIR | --synthetic v2-1.7b]  # typed answers: the grammar's cost per token
 
 Prints, for our engine and for the transformers PyTorch fp32 reference: vision ms, prefill tokens/s,
 decode tokens/s, time to first token, end-to-end caption latency (N new tokens), peak RSS; and the
@@ -83,6 +84,11 @@ def main(argv=None) -> int:
                           choices=["reliable", "best_effort"], help="the camera's reliability, in turn")
     delivery.add_argument("--node-qos", default="", choices=["", "auto", "best_effort", "reliable"],
                           help="the node's qos_reliability (default: its default, auto)")
+    typed = p.add_argument_group("--typed: typed answers (default engine: the demo)")
+    typed.add_argument("--typed", action="store_true",
+                       help="the grammar's time per token against the decode step, jump-forward, "
+                            "yes/no latency")
+    typed.add_argument("--answers", type=int, default=20, help="answers per type")
     from .regress import add_arguments as add_regress_arguments
 
     add_regress_arguments(p)
@@ -119,6 +125,14 @@ def main(argv=None) -> int:
         print(kernels_table(results, 2048, 5632, a.threads))
         write_json(results, a.json)
         return 0
+    if a.typed:
+        from ...ros.share import share_path
+        from . import typed as typed_bench
+
+        if a.synthetic:
+            a.engine = synthetic_engine(a)[0]
+        a.engine = a.engine or share_path("engines/demo")
+        return typed_bench.main(a)
     if bool(a.engine) == bool(a.synthetic):
         p.error("give either ENGINE_DIR or --synthetic NAME")
     from .llamacpp import check_arguments as check_llamacpp_arguments
