@@ -405,3 +405,13 @@ def test_address_joins_a_running_cluster(fleet, tmp_path):
     finally:
         head.send_signal(signal.SIGTERM)  # --block: stopping it stops this head's processes only
         head.wait(timeout=60)
+
+
+def test_accuracy_against_the_bags_truth_is_given_per_side():
+    from mobilevlm_ros.tools.regress import _accuracy
+
+    replays = {"candidate": {"grounding_iou50": [8, 8], "counting": [3, 3], "typed": [10, 11]},
+               "baseline": {"grounding_iou50": [7, 8], "counting": [0, 0], "typed": [11, 11]}}
+    assert _accuracy(replays) == ("candidate: grounding 8/8, counting 3/3, typed 10/11; "
+                                  "baseline: grounding 7/8, typed 11/11")
+    assert _accuracy({"candidate": {"grounding_iou50": [0, 0], "counting": [0, 0]}}) == ""

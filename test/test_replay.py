@@ -326,3 +326,22 @@ def test_a_static_bag_reuses_captions_and_a_moving_one_misses_no_change(engine, 
     assert report.compare(str(tmp_path / "skipping"), str(tmp_path / "every"))["ok"]
     _, summary = first_run  # the moving bag, with the default change_threshold
     assert summary["captions_reused"] == 0
+
+
+@pytest.mark.skipif(NO_DEMO_ENGINE, reason="needs the trained demo engine (engines/demo)")
+def test_a_watch_in_a_replay_flips_where_the_scenes_change_and_is_recorded(tmp_path):
+    """The demo bag's frames have a blue square in frames 3 and 4 only (0-based): with hysteresis 2 the
+    watch settles on false, turns true at frame 4 and false again at frame 6; both events are
+    recorded in the output bag and counted in the summary, with the typed answers' accuracy."""
+    out = str(tmp_path / "out")
+    summary = R.replay(DEMO_BAG, out, DEMO_ENGINE, rate=0, quiet=True,
+                       watches={"blue_square": "Is there a blue square?"})
+    assert summary["watch_events"] == 2
+    (topic,) = [t for t, ty in bags.topics(out).items() if ty == "mobilevlm_ros/msg/WatchEvent"]
+    events = [bags.deserialize(ty, raw) for _, ty, _, raw in bags.read(out, {topic})]
+    stamps = [f.header.stamp for f in _frames(DEMO_BAG)]
+    assert [(e.previous_value_json, e.value_json) for e in events] == [("false", "true"), ("true", "false")]
+    assert [(e.header.stamp.sec, e.header.stamp.nanosec) for e in events] == [
+        (stamps[i].sec, stamps[i].nanosec) for i in (4, 6)]
+    ok, asked = summary["typed"]
+    assert asked == 11 and ok >= 10, summary["typed"]
