@@ -5,8 +5,8 @@
 For each answer type it decodes `--answers` typed answers about generated scenes and reports, per
 generated token: the grammar's time (mask before the sampler, consuming the token, computing forced
 tokens) against the decoder step's, measured in the same answers; and the tokens jump-forward fed
-without a step of their own. On the demo engine (the default) it also times a yes/no question typed
-against the same question in free text. Prints a table; `--json` writes the figures.
+without a step of their own. It also times a yes/no question typed against the same question in free
+text. Prints a table; `--json` writes the figures.
 """
 
 from __future__ import annotations
@@ -97,8 +97,7 @@ def measure(engine: str, answers: int, threads: int) -> Dict:
                       "grammar_share_of_step": grammar_s / max(tokens, 1) / (decode_s / max(steps, 1))
                       if steps else 0.0}
     result = {"engine": engine, "vocab": vlm.tokenizer.vocab_size, "threads": threads, "types": rows}
-    if vlm.manifest.model.get("id") == "mobilevlm_ros/demo":
-        result["yes_no_latency"] = _yes_no_latency(vlm, images, params)
+    result["yes_no_latency"] = _yes_no_latency(vlm, images, params)
     return result
 
 
