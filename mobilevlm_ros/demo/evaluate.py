@@ -1,6 +1,7 @@
 """Measure the demo engine on held-out generated scenes, through the ONNX runtime (not PyTorch).
 
     python -m mobilevlm_ros.demo.evaluate ENGINE_DIR --scenes 500 [--seed-offset N] [--json PATH]
+    python -m mobilevlm_ros.demo.evaluate ENGINE_DIR --typed --scenes 200 --seed-offset 20000
 
 Scenes are `scenes.sample_scene(10_000_000 + offset + i)`: seeds the trainer never uses (it
 trains on seeds below 9_000_000). Per scene it asks:
@@ -23,6 +24,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..runtime.answer_types import AnswerType
 from ..runtime.generation import GenerationParams
 from ..runtime.grounding import box_iou
 from ..runtime.vlm import VLM
@@ -110,6 +112,42 @@ def evaluate(engine_dir: str, n_scenes: int = 500, seed_offset: int = 0, threads
     )
 
 
+def typed_accuracy(engine_dir: str, n_scenes: int = 200, seed_offset: int = 20_000,
+                   threads: int = 2) -> Dict:
+    """Counting and yes/no (one object present, one absent per scene), each asked in free text and
+    typed (integer 0..MAX_OBJECTS, bool), on the same held-out scenes; and the typed yes/no answers'
+    mean confidence when right and when wrong."""
+    vlm = VLM(engine_dir, threads=threads)
+    params = GenerationParams(max_new_tokens=16)
+    counting, yes_no = AnswerType("integer", minimum=0, maximum=S.MAX_OBJECTS), AnswerType("bool")
+    hits: Counter = Counter()
+    confidence: Dict[bool, List[float]] = {True: [], False: []}
+    for i in range(n_scenes):
+        seed = EVAL_SEED + seed_offset + i
+        scene, rng = S.sample_scene(seed), np.random.default_rng(seed)
+        n = len(scene.objects)
+        hits["counting free"] += vlm.describe(scene.image, S.count_question(), params).text == str(n)
+        hits["counting typed"] += vlm.describe(scene.image, S.count_question(), params,
+                                               answer_type=counting).value == n
+        present = scene.objects[int(rng.integers(n))]
+        absent = [(c, s) for c in S.COLOURS for s in S.SHAPES if (c, s) not in S.scene_multiset(scene)]
+        c, s = absent[int(rng.integers(len(absent)))]
+        for (colour, shape), want in (((present.colour, present.shape), True), ((c, s), False)):
+            question = S.yesno_question(colour, shape)
+            free = vlm.describe(scene.image, question, params)
+            hits["yes/no free"] += free.text == ("Yes" if want else "No")
+            a = vlm.describe(scene.image, question, params, answer_type=yes_no)
+            hits["yes/no typed"] += a.value is want
+            confidence[a.value is want].append(a.confidence)
+    tries = {"counting free": n_scenes, "counting typed": n_scenes, "yes/no free": 2 * n_scenes,
+             "yes/no typed": 2 * n_scenes}
+    first = EVAL_SEED + seed_offset
+    return dict(engine=engine_dir, scenes=n_scenes, seeds=[first, first + n_scenes - 1],
+                accuracy={k: round(hits[k] / tries[k], 4) for k in tries}, questions=tries,
+                yes_no_confidence={"right": round(float(np.mean(confidence[True] or [0])), 4),
+                                   "wrong": round(float(np.mean(confidence[False] or [0])), 4)})
+
+
 def _line(hits: Counter, tries: Counter) -> str:
     return ", ".join(f"{k} {hits[k] / tries[k]:.3f}" for k in sorted(tries))
 
@@ -121,7 +159,20 @@ def main(argv=None) -> int:
     p.add_argument("--seed-offset", type=int, default=0, help="first scene seed is 10_000_000 + this")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", metavar="PATH", help="also write the full result (with failures) as JSON")
+    p.add_argument("--typed", action="store_true",
+                   help="counting and yes/no in free text against typed answers (integer, bool)")
     a = p.parse_args(argv)
+    if a.typed:
+        r = typed_accuracy(a.engine_dir, a.scenes, a.seed_offset, a.threads)
+        print(f"engine {r['engine']}: {r['scenes']} scenes (seeds {r['seeds'][0]}..{r['seeds'][1]})")
+        for k, v in r["accuracy"].items():
+            print(f"  {k:15s} {v:.3f}  ({r['questions'][k]} questions)")
+        print(f"  typed yes/no mean confidence: right {r['yes_no_confidence']['right']}, "
+              f"wrong {r['yes_no_confidence']['wrong']}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(r, f, indent=2)
+        return 0
     r = evaluate(a.engine_dir, a.scenes, a.seed_offset, a.threads, log=lambda m: print(m, file=sys.stderr))
     print(f"engine {r['engine']}: {r['scenes']} scenes "
           f"(seeds {r['seeds'][0]}..{r['seeds'][1]}), {r['seconds']}s")
