@@ -10,8 +10,8 @@ setup(
                 "answers",
     license="Apache-2.0",
     packages=find_packages(include=["mobilevlm_ros", "mobilevlm_ros.*"]),
-    # The default calibration text (model/calibration.py).
-    package_data={"mobilevlm_ros.model": ["data/*.txt"]},
+    # The default calibration text (model/quant/calibration.py).
+    package_data={"mobilevlm_ros.model.quant": ["data/*.txt"]},
     # Explicit root: makes `pip install -e .` a plain path entry (the repository root on sys.path)
     # instead of setuptools' import-hook finder. The interfaces that `make setup` generates live in
     # the venv's site-packages/mobilevlm_ros, and our __init__.py joins the two folders with

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--sequences", type=int, default=48)
     p.add_argument("--tokens", type=int, default=256)
     a = p.parse_args(argv)
-    from mobilevlm_ros.model.quality import load_language_model
+    from mobilevlm_ros.model.quant.quality import load_language_model
 
     torch.manual_seed(0)
     lm = load_language_model(a.src)

@@ -100,9 +100,9 @@ def test_llamacpp_races_at_the_engines_bits(engines):
 
 
 def test_a_rotated_engines_image_embeddings_are_compared_unrotated(engines, reference):
-    """The int8 default rotates the language model and the projector's output with it (model/rotation.py):
-    the vision check undoes that rotation, found from the engine's fp16 embedding table, before it
-    compares our image embeddings with PyTorch's."""
+    """The int8 default rotates the language model and the projector's output with it
+    (model/quant/rotation.py): the vision check undoes that rotation, found from the engine's fp16
+    embedding table, before it compares our image embeddings with PyTorch's."""
     from mobilevlm_ros.runtime.image import preprocess
     from mobilevlm_ros.runtime.vlm import VLM
     from mobilevlm_ros.tools.bench.llamacpp import engine_rotation

@@ -21,8 +21,8 @@ pytest.importorskip("olive", reason="GPTQ needs olive-ai (the export extra)")
 
 from conftest import matmulnbits  # noqa: E402
 
-from mobilevlm_ros.model import calibration as cal  # noqa: E402
-from mobilevlm_ros.model.quality import CONFIGS, load_language_model, measure  # noqa: E402
+from mobilevlm_ros.model.quant import calibration as cal  # noqa: E402
+from mobilevlm_ros.model.quant.quality import CONFIGS, load_language_model, measure  # noqa: E402
 
 CORPUS = "/usr/share/common-licenses/GPL-3"  # in base-files: on every Debian/Ubuntu machine
 DEMO_BAG = os.path.join(os.path.dirname(__file__), "fixtures", "demo_bag")
@@ -58,7 +58,7 @@ def calibrated_text_file(tmp_path_factory):
 
 def test_calibrated_export_is_deterministic_and_has_the_quantization_it_claims(checkpoints, tmp_path,
                                                                                 calibrated_text_file):
-    from mobilevlm_ros.model.layout import sensitive_layers
+    from mobilevlm_ros.model.quant.layout import sensitive_layers
 
     ckpt = checkpoints("tiny")
     a = _export(ckpt, tmp_path / "a", SENSITIVE, calibrated_text_file)
@@ -81,7 +81,7 @@ def test_calibrated_export_is_deterministic_and_has_the_quantization_it_claims(c
         assert (bits, block, zero_points) == (8 if name in int8 else 4, 32, False), name
 
     # mobilevlm-quality --shape measures bytes and speed on the same layout rounded to nearest.
-    from mobilevlm_ros.model.quality import measure_shape, weights_read_per_token
+    from mobilevlm_ros.model.quant.quality import measure_shape, weights_read_per_token
 
     config = next(c for c in CONFIGS if c.name == SENSITIVE)
     (row,) = measure_shape(load_language_model(ckpt), [config], steps=4, threads=1, log=None)
@@ -210,8 +210,8 @@ def test_text_windows_and_sources(tmp_path):
 def test_gptq_int8_selection_follows_llamacpps_rule():
     """llama.cpp's Q4_K_M raises the first and last eighth of the layers and every third one between
     (llama-quant.cpp, use_more_bits): for MobileVLM 1.7B's 24 layers, these 12."""
-    from mobilevlm_ros.model.gptq import overrides
-    from mobilevlm_ros.model.layout import sensitive_layers
+    from mobilevlm_ros.model.quant.gptq import overrides
+    from mobilevlm_ros.model.quant.layout import sensitive_layers
 
     assert sensitive_layers(24) == [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]
     both = overrides(24, 4, "last_matmul:int8,mixed_layers:int8")

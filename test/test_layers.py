@@ -67,3 +67,40 @@ def test_the_probe_catches_a_forbidden_import():
     r = subprocess.run([sys.executable, "-c", PROBE, "mobilevlm_ros.model", "torch"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "torch" in r.stderr
+
+
+def test_the_export_side_has_no_import_circle():
+    """model/ and model/quant/ import each other one way only (imports inside functions included):
+    the rotation once borrowed the exporter's Llama folder writer while the exporter imported it."""
+    import ast
+    import os
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mobilevlm_ros", "model")
+    graph = {}
+    folders = ((root, "mobilevlm_ros.model"), (os.path.join(root, "quant"), "mobilevlm_ros.model.quant"))
+    for folder, package in folders:
+        for name in os.listdir(folder):
+            if not name.endswith(".py") or name == "__init__.py":
+                continue
+            module = f"{package}.{name[:-3]}"
+            with open(os.path.join(folder, name)) as f:
+                tree = ast.parse(f.read())
+            targets = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    targets.add(".".join(base + ([node.module] if node.module else [])))
+            graph[module] = {t for t in targets if t.startswith("mobilevlm_ros.model")}
+
+    def cycle_from(start, path):
+        for nxt in graph.get(path[-1], ()):
+            if nxt == start:
+                return path + [nxt]
+            if nxt not in path and nxt in graph:
+                found = cycle_from(start, path + [nxt])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for c in (cycle_from(m, [m]) for m in graph) if c]
+    assert not cycles, " -> ".join(cycles[0])

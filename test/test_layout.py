@@ -1,4 +1,4 @@
-"""Decoders quantized by layout (model/layout.py): each group gets the bits and block it claims.
+"""Decoders quantized by layout (model/quant/layout.py): each group gets the bits and block it claims.
 
 Checked against the builder itself (the layout naming the builder's int8 groups at its block must
 give the builder's own int4 weights bit for bit) and against the checkpoint's own weights (every
@@ -12,8 +12,8 @@ import pytest
 from conftest import matmulnbits
 
 from mobilevlm_ros.model.export import BUILDER_INT4, export
-from mobilevlm_ros.model.layout import parse, plan, sensitive_layers
-from mobilevlm_ros.model.quality import Config, build_configs, load_language_model
+from mobilevlm_ros.model.quant.layout import parse, plan, sensitive_layers
+from mobilevlm_ros.model.quant.quality import Config, build_configs, load_language_model
 
 MIX = {"block_size": 32, "layout": {"lm_head": "int8/64", "sensitive": "int4/16", "gate_up": "int4/64"}}
 

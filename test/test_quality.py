@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from mobilevlm_ros.model.quality import CONFIGS, Config, corpus_windows, load_language_model, measure
+from mobilevlm_ros.model.quant.quality import CONFIGS, Config, corpus_windows, load_language_model, measure
 
 CORPUS = "/usr/share/common-licenses/GPL-3"  # in base-files: on every Debian/Ubuntu machine
 
@@ -142,7 +142,7 @@ def test_weights_read_per_token_of_an_fp32_decoder_is_its_matrices_and_norms(eng
     """Known answer from the tiny config (hidden 64, intermediate 128, 2 layers, vocab 512): q, k, v, o,
     gate, up, down and lm_head in fp32, plus the RMSNorm weights; no embedding table (the runtime
     gathers rows itself), no rotary caches (one row read per step)."""
-    from mobilevlm_ros.model.quality import weights_read_per_token
+    from mobilevlm_ros.model.quant.quality import weights_read_per_token
 
     h, i, layers, vocab = 64, 128, 2, 512
     matrices = layers * (4 * h * h + 3 * h * i) + h * vocab
@@ -156,7 +156,7 @@ def test_llamacpp_bytes_read_come_from_the_tensor_types(tmp_path):
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter, quantize
 
-    from mobilevlm_ros.model.llamacpp_quality import tensor_types, weights_read_per_token
+    from mobilevlm_ros.model.quant.llamacpp_quality import tensor_types, weights_read_per_token
 
     def write(path, names):
         w = GGUFWriter(str(path), "llama")
@@ -185,7 +185,7 @@ def test_window_at_once_against_token_by_token(engines):
     a prefill path that computes something else is caught."""
     import numpy as np
 
-    from mobilevlm_ros.model.quality import window_at_once_vs_steps
+    from mobilevlm_ros.model.quant.quality import window_at_once_vs_steps
     from mobilevlm_ros.runtime import manifest as mf
     from mobilevlm_ros.runtime.engines import DecoderEngine
 

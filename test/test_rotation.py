@@ -1,4 +1,4 @@
-"""QuaRot's rotation (model/rotation.py): the same model after it, the vision path rotated to match.
+"""QuaRot's rotation (model/quant/rotation.py): the same model after it, the vision path rotated to match.
 
 The rotated MobileVLM must give the reference's logits (a rotation that dropped the projector's
 half, or a wrong R, moves them by O(1)); its weights must really be rotated (a no-op would pass
@@ -15,7 +15,7 @@ import torch
 from conftest import scene
 
 from mobilevlm_ros.model.export import export, sentencepiece_tokenizer_writer
-from mobilevlm_ros.model.rotation import RotatedOutput, recover_rotation, rotate_mobilevlm
+from mobilevlm_ros.model.quant.rotation import RotatedOutput, recover_rotation, rotate_mobilevlm
 from mobilevlm_ros.runtime import manifest as mf
 from mobilevlm_ros.runtime.errors import CheckpointError
 from mobilevlm_ros.runtime.image import preprocess

@@ -32,10 +32,11 @@ from ..runtime.errors import CheckpointError
 from ..runtime.image import CLIP_MEAN, CLIP_STD
 from ..runtime.prompt import DEFAULT_TEMPLATE
 from .config import MobileVLMConfig
-from .layout import quantize_decoder_layout
+from .llama_folder import write_llama_folder
 from .loader import load_checkpoint, read_config, resolve
+from .quant.layout import quantize_decoder_layout
+from .quant.rotation import ROTATION_BUFFER, rotate_mobilevlm
 from .reference import MobileVLM
-from .rotation import ROTATION_BUFFER, rotate_mobilevlm
 
 PRECISIONS, TARGETS = mf.PRECISIONS, mf.TARGETS
 # algo_config values that are not the builder's: weights quantized by a calibrated method first.
@@ -46,7 +47,7 @@ CALIBRATED = ("gptq", "autoclip")
 # the layers and every third layer the v and down projections (q/k/v when fused) in int8.
 SENSITIVE_INT8 = "last_matmul:int8,mixed_layers:int8"
 DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
-    # QuaRot's rotation first (model/rotation.py), then block 64 with zero points: on SmolLM2 -0.1% and
+    # QuaRot's rotation first (model/quant/rotation.py), then block 64 with zero points: on SmolLM2 -0.1% and
     # +0.2% perplexity on two sets of three texts (8192 tokens each) where llama.cpp's Q8_0 gave +0.28%
     # and +0.23%, at 138 MB read per token against Q8_0's 136; the unrotated block 32 asymmetric
     # (default until 2026-12-05) gave +0.65% and +0.6% at 148 MB. Rotated block 32 scored better still
@@ -54,7 +55,7 @@ DEFAULT_QUANT: Dict[str, Dict[str, object]] = {
     "int8": {"block_size": 64, "is_symmetric": False, "rotate": "hadamard"},
     # Rounding, symmetric (no zero points: MatMulNBits' fast path), block 32, with lm_head and the
     # sensitive layers' v and down projections in int8 at block 64 (llama.cpp's Q4_K_M choice of
-    # matrices; model/layout.py, since the builder has one block size). On SmolLM2 +14.6% perplexity at
+    # matrices; model/quant/layout.py, since the builder has one block size). On SmolLM2 +14.6% perplexity at
     # 98 MB read per token, where the same layout all at block 32 (the builder's, default until
     # 2026-12-05) gave +14.5% at 100 MB; at the 1.7B shape 881 against 896 MB per token and 1.05-1.07x
     # its decode, interleaved in one process (BENCHMARKS.md, 2026-12-05 layouts). Every cheaper layout
@@ -104,7 +105,7 @@ def quantize_vision_int8(path: str) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # A rotation's weights (model/rotation.py) are all +-1/sqrt(n), int8's extremes once quantized;
+    # A rotation's weights (model/quant/rotation.py) are all +-1/sqrt(n), int8's extremes once quantized;
     # AVX2's u8 x s8 kernel saturates their pair sums (measured: image embeddings 20% short). It stays
     # fp32: one (tokens x hidden x hidden) MatMul.
     graph = onnx.load(path).graph
@@ -132,26 +133,6 @@ def vision_precision_for(precision: str, target: str) -> str:
     if target == "cuda":
         return "fp16"
     return "int8"
-
-
-def write_llama_folder(llm, folder: str, dtype: torch.dtype, write_tokenizer: Callable[[str], None]) -> None:
-    """A LlamaForCausalLM as a plain Hugging Face folder: what the genai builder reads."""
-    cfg = llm.config.to_dict()
-    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"],
-               torch_dtype=str(dtype).replace("torch.", ""))
-    # The tensors written are plain dtype ones: a source's quantization (e.g. GGUF, which transformers
-    # de-quantized on load) must not send the builder to its quantized-model loaders.
-    cfg.pop("quantization_config", None)
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-    from safetensors.torch import save_file
-
-    tensors = llm.state_dict()
-    if cfg.get("tie_word_embeddings"):
-        tensors.pop("lm_head.weight", None)  # the same tensor as the embedding: stored once
-    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()},
-              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    write_tokenizer(folder)
 
 
 def sentencepiece_tokenizer_writer(tokenizer_src: str) -> Callable[[str], None]:
@@ -192,10 +173,10 @@ def builder_options(precision: str, quant: Dict[str, object]) -> List[str]:
 
 def gptq_llama_folder(fp32_folder: str, out: str, write_tokenizer: Callable[[str], None], precision: str,
                       quant: Dict[str, object], samples: List[dict]) -> str:
-    """The Llama of `fp32_folder` (write_llama_folder, fp32) quantized by GPTQ (model/gptq.py) into an
+    """The Llama of `fp32_folder` (write_llama_folder, fp32) quantized by GPTQ (model/quant/gptq.py) into an
     olive checkpoint in `out`, which the builder reads; or, for AutoClip, its weights clipped (still
     float) for the builder to round (no calibration samples: the fp32 folder itself)."""
-    from .gptq import quantize
+    from .quant.gptq import quantize
 
     if quant["algo_config"] == "autoclip" and samples is None:
         return fp32_folder
@@ -240,7 +221,7 @@ def build_decoder(llama_folder: str, out: str, precision: str, target: str, quan
 
     quant {"algo_config": "hqq", ...}: the builder writes an fp32 graph and onnxruntime's HQQ quantizer
     (which the builder does not offer) turns its MatMuls into MatMulNBits; quant {"layout": ...}: the
-    same fp32 graph, its MatMuls rounded per group by model/layout.py.
+    same fp32 graph, its MatMuls rounded per group by model/quant/layout.py.
     Returns the decoder's input/output names as the manifest records them (`decoder_io`)."""
     hqq, layout = quant.get("algo_config") == "hqq", "layout" in quant
     float_graph = hqq or layout  # quantized here, after the builder
@@ -355,7 +336,7 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
         llama = tmp  # the Llama folder the builder reads
         if precision in ("int4", "int8") and is_calibrated(quant):
             from ..runtime.tokenizer import Tokenizer
-            from .calibration import default_source, vlm_calibration
+            from .quant.calibration import default_source, vlm_calibration
 
             source = calibrate or default_source()
             calibration = vlm_calibration(model, Tokenizer(tokenizer_src), source)

@@ -136,8 +136,8 @@ def prepare(checkpoint: str, llamacpp_src: str, folder: str, threads: int = 0,
             log: Callable[[str], None] = print) -> Dict[str, str]:
     """The GGUFs for `checkpoint` in `folder`, made once: quant name -> LLM GGUF; the mmproj is
     folder/MMPROJ and the tokenizer folder/tokenizer.model (the worker tokenizes with ours)."""
-    from .llamacpp_quality import convert, quantize
     from .loader import resolve
+    from .quant.llamacpp_quality import convert, quantize
 
     llamacpp_src = check_llamacpp_src(llamacpp_src)
     os.makedirs(folder, exist_ok=True)
@@ -149,7 +149,7 @@ def prepare(checkpoint: str, llamacpp_src: str, folder: str, threads: int = 0,
         convert_mmproj(checkpoint, llamacpp_src, mmproj + ".part", python)
         os.replace(mmproj + ".part", mmproj)
     if not all(os.path.isfile(p) for p in paths.values()):
-        from .quality import load_language_model
+        from .quant.quality import load_language_model
 
         f32 = os.path.join(folder, "model-f32.gguf")
         if not os.path.isfile(f32):

@@ -47,9 +47,9 @@ def main(argv=None) -> int:
     if bool(a.src) == bool(a.synthetic):
         p.error("give either SRC or --synthetic NAME")
 
-    from ..model.calibration import load_source
     from ..model.export import DEFAULT_QUANT, export, is_calibrated
-    from ..model.quality import CONFIGS
+    from ..model.quant.calibration import load_source
+    from ..model.quant.quality import CONFIGS
     from ..model.synthetic import PRESETS, write_synthetic
     from ..runtime.errors import VLMError
 

@@ -7,7 +7,7 @@ and in speed.
 
 SRC is a MobileVLM checkpoint (its language model), a Hugging Face Llama folder or hub id, or a
 .gguf file. Every decoder is exported as mobilevlm-export builds it and run by the runtime's own
-decoder engine; the PyTorch fp32 model is the reference (see mobilevlm_ros/model/quality.py).
+decoder engine; the PyTorch fp32 model is the reference (see mobilevlm_ros/model/quant/quality.py).
 --shape NAME adds, beside each row, the bytes read per token and the decode speed of the same
 configuration on a synthetic checkpoint of that shape (quality from SRC, bytes and speed at the
 size a robot runs).
@@ -85,9 +85,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
 
-    from ..model.calibration import text_calibration
     from ..model.export import is_calibrated
-    from ..model.quality import CONFIGS, load_language_model, measure
+    from ..model.quant.calibration import text_calibration
+    from ..model.quant.quality import CONFIGS, load_language_model, measure
     from ..runtime.errors import VLMError
 
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
                          log=log, calibration=calibration)
         windows, choices = report.pop("windows"), report.pop("reference_choices")
         if a.llamacpp:
-            from ..model.llamacpp_quality import measure_llamacpp
+            from ..model.quant.llamacpp_quality import measure_llamacpp
 
             report["llamacpp"] = measure_llamacpp(lm, windows, choices, a.llamacpp_src, threads=a.threads,
                                                   log=log)
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 def _calibration_source(a, texts):
     """The calibrated rows' text, from --calibrate or the default source; never one that
     overlaps the evaluation corpus."""
-    from ..model.calibration import default_source, overlap, text_source
+    from ..model.quant.calibration import default_source, overlap, text_source
 
     source = text_source(a.calibrate) if a.calibrate else default_source(scenes=0)
     for path, text in zip(a.corpus, texts):
@@ -152,7 +152,7 @@ def _shape(a, configs, log) -> dict:
     """Bytes read per token and decode speed of each configuration on a synthetic checkpoint of a's shape."""
     import tempfile
 
-    from ..model.quality import load_language_model, measure_shape
+    from ..model.quant.quality import load_language_model, measure_shape
     from ..model.synthetic import write_synthetic
 
     with tempfile.TemporaryDirectory(prefix="mobilevlm_shape_ckpt_") as ckpt:
@@ -161,7 +161,7 @@ def _shape(a, configs, log) -> dict:
         rows = measure_shape(lm, configs, threads=a.threads, log=log)
         out = {"name": a.shape, "engines": rows}
         if a.llamacpp:
-            from ..model.llamacpp_quality import measure_llamacpp_shape
+            from ..model.quant.llamacpp_quality import measure_llamacpp_shape
 
             out["engines"] += measure_llamacpp_shape(lm, a.llamacpp_src, threads=a.threads, log=log)
     return out

@@ -251,11 +251,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def engine_rotation(engine: str, model) -> np.ndarray:
-    """The rotation a rotated engine (model/rotation.py) applies to the residual stream, recovered
+    """The rotation a rotated engine (model/quant/rotation.py) applies to the residual stream, recovered
     from its embedding table (fp16) against the checkpoint's (`model`: reference.MobileVLM)."""
     import torch
 
-    from ...model.rotation import recover_rotation
+    from ...model.quant.rotation import recover_rotation
 
     table = torch.from_numpy(np.load(os.path.join(engine, "embed_tokens.npy")).astype(np.float32))
     return recover_rotation(model.llm.get_input_embeddings().weight.detach(), table, tolerance=2e-3).numpy()

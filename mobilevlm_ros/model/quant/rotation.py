@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..runtime.errors import CheckpointError
+from ...runtime.errors import CheckpointError
 
 ROTATIONS = ("hadamard",)
 ROTATION_BUFFER = "rotation"  # RotatedOutput's matrix in the vision graph (export.py keeps it fp32)
@@ -105,7 +105,7 @@ def rotate_mobilevlm(model, workdir: str, write_tokenizer: Callable[[str], None]
 
 
 def _write_fp32(llm, workdir: str, write_tokenizer: Callable[[str], None]) -> str:
-    from .export import write_llama_folder
+    from ..llama_folder import write_llama_folder
 
     folder = os.path.join(workdir, "llama-fp32")
     os.makedirs(folder, exist_ok=True)

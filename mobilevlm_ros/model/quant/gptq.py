@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ..runtime.errors import CheckpointError
+from ...runtime.errors import CheckpointError
 from .layout import sensitive_layers
 
 _SAMPLES: Dict[str, List[dict]] = {}  # calibration sets by key, for the dataset Olive's registry names

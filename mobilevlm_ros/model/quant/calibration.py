@@ -7,7 +7,7 @@ and text:
   image folder  every JPEG/PNG in it, with the caption prompt
   text file     windows of its tokens
   default       demo scenes with their caption and grounding questions and true answers, plus the
-                package's calibration prose (model/data/calibration_prose.txt: written for it,
+                package's calibration prose (model/quant/data/calibration_prose.txt: written for it,
                 Apache-2.0 like the package, and no evaluation corpus)
 Frames become decoder inputs as the runtime builds them: the checkpoint's own vision tower and
 projector give the image embeddings, placed where <image> stands in the chat prompt, followed by
@@ -25,9 +25,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..runtime.errors import CheckpointError
-from ..runtime.image import load_image, preprocess
-from ..runtime.prompt import DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
+from ...runtime.errors import CheckpointError
+from ...runtime.image import load_image, preprocess
+from ...runtime.prompt import DEFAULT_CAPTION_QUESTION, build_prompt, tokenize_prompt
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Half frames, half text: GPTQ of V2-1.7B on 64 samples took 26 minutes on 2 cores (BENCHMARKS.md).
@@ -83,7 +83,7 @@ def default_source(scenes: int = 24) -> Source:
     """Demo scenes with the caption and grounding questions and their true answers, and the
     package's calibration prose. Not the package's docstrings: GPTQ calibrated on such technical text
     scored worse than plain rounding on prose (BENCHMARKS.md, 2026-12-04)."""
-    from ..demo.scenes import qa_pairs, sample_scene
+    from ...demo.scenes import qa_pairs, sample_scene
 
     frames = []
     for seed in range(scenes):

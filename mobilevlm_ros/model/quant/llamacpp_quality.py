@@ -21,8 +21,8 @@ from typing import List
 import numpy as np
 import torch
 
-from ..runtime.errors import CheckpointError
-from .export import write_llama_folder
+from ...runtime.errors import CheckpointError
+from ..llama_folder import write_llama_folder
 from .quality import LanguageModel, score_teacher_forced
 
 # llama.cpp's own names for the formats compared (llama_ftype values of llama.h).

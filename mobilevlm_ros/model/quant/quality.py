@@ -32,10 +32,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..runtime import manifest as mf
-from ..runtime.engines import DecoderEngine
-from ..runtime.errors import CheckpointError
-from .export import (
+from ...runtime import manifest as mf
+from ...runtime.engines import DecoderEngine
+from ...runtime.errors import CheckpointError
+from ..export import (
     BUILDER_INT4,
     DEFAULT_QUANT,
     SENSITIVE_INT8,
@@ -44,8 +44,8 @@ from .export import (
     gptq_llama_folder,
     is_calibrated,
     weights_dtype,
-    write_llama_folder,
 )
+from ..llama_folder import write_llama_folder
 from .rotation import rotate_llama
 
 
@@ -67,7 +67,7 @@ class Config:
 # older `int4_`-prefixed spellings (int4_algo_config, int4_is_symmetric, ...) are not read at all:
 # only these names change the graph. `sensitive` = SENSITIVE_INT8 (model/export.py), llama.cpp's
 # mixed strategy.
-# GPTQ only (model/gptq.py): lm_head and the sensitive layers' down projections in int8.
+# GPTQ only (model/quant/gptq.py): lm_head and the sensitive layers' down projections in int8.
 SENSITIVE_DOWN_INT8 = "last_matmul:int8,mixed_down:int8"
 CONFIGS = (
     Config("fp32", "fp32"),
@@ -76,7 +76,7 @@ CONFIGS = (
     Config("int8 block 32", "int8", {"block_size": 32}),
     Config("int8 block 32, accuracy level 1", "int8", {"block_size": 32, "accuracy_level": 1}),
     Config("int8 block 32 asymmetric", "int8", {"block_size": 32, "is_symmetric": False}),
-    # QuaRot's rotation first (model/rotation.py): the residual stream's outlier channels spread out
+    # QuaRot's rotation first (model/quant/rotation.py): the residual stream's outlier channels spread out
     # before onnxruntime's kernel rounds activations to int8 per block.
     Config("int8 block 64, rotated", "int8", {"block_size": 64, "rotate": "hadamard"}),
     Config("int8 block 32, rotated", "int8", {"block_size": 32, "rotate": "hadamard"}),
@@ -106,7 +106,7 @@ CONFIGS = (
            {"block_size": 64, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False}),
     Config("int4 block 128, sensitive int8, q/k/v unfused", "int4",
            {"block_size": 128, "matmul_mixed_precision": SENSITIVE_INT8, "fuse_qkv": False}),
-    # Per-group bits and blocks (model/layout.py): the builder's fp32 graph rounded by onnxruntime's
+    # Per-group bits and blocks (model/quant/layout.py): the builder's fp32 graph rounded by onnxruntime's
     # quantizer once per group, q/k/v unfused.
     Config("int4 block 32, lm_head and sensitive int8 block 64", "int4",
            {"block_size": 32, "layout": {"lm_head": "int8/64", "sensitive": "int8/64"}}),
@@ -131,7 +131,7 @@ CONFIGS = (
            {"block_size": 16, "algo_config": "k_quant_mixed"}),
     # HQQ: onnxruntime's quantizer on the builder's fp32 graph (float zero points, see export.py).
     Config("int4 HQQ block 32", "int4", {"block_size": 32, "algo_config": "hqq"}),
-    # GPTQ (Olive, model/gptq.py) on calibration data, lm_head included; symmetric unless named.
+    # GPTQ (Olive, model/quant/gptq.py) on calibration data, lm_head included; symmetric unless named.
     Config("int4 GPTQ block 32", "int4", {"algo_config": "gptq", "block_size": 32}),
     Config("int4 GPTQ block 32, lm_head int8", "int4",
            {"algo_config": "gptq", "block_size": 32, "matmul_mixed_precision": "last_matmul:int8"}),
@@ -178,7 +178,7 @@ def load_language_model(src: str) -> LanguageModel:
     """SRC: a .gguf file, a MobileVLM checkpoint (its language model), or a Llama folder / hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loader import resolve
+    from ..loader import resolve
 
     if src.endswith(".gguf"):
         if not os.path.isfile(src):
@@ -192,9 +192,9 @@ def load_language_model(src: str) -> LanguageModel:
         with open(os.path.join(folder, "config.json")) as f:
             raw = json.load(f)
         if "mm_projector_type" in raw:  # a MobileVLM checkpoint: its Llama, its sentencepiece model
-            from ..runtime.tokenizer import Tokenizer
-            from .export import sentencepiece_tokenizer_writer
-            from .loader import load_language_model as load_mobilevlm_llm
+            from ...runtime.tokenizer import Tokenizer
+            from ..export import sentencepiece_tokenizer_writer
+            from ..loader import load_language_model as load_mobilevlm_llm
 
             sp = Tokenizer(os.path.join(folder, "tokenizer.model"))
             return LanguageModel(load_mobilevlm_llm(folder), lambda text: sp.encode(text, add_bos=False),
@@ -358,7 +358,7 @@ def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: i
     (None: their layout, rounded to nearest instead)."""
     from tqdm.auto import tqdm
 
-    models = {"": lm.llm}  # the Llama each rotation makes (model/rotation.py), made once
+    models = {"": lm.llm}  # the Llama each rotation makes (model/quant/rotation.py), made once
     sources = {}  # the Llama folder the builder reads, one per weight dtype and rotation
     for config in tqdm(configs, desc="configurations", disable=log is None):
         calibrated = is_calibrated(config.quant)
