@@ -45,6 +45,9 @@ setup(
             # mobilevlm-export --quant "int4 GPTQ ...": Olive's GPTQ writes the checkpoint format
             # (quant_method "olive") that onnxruntime-genai 0.18's builder reads; pinned together.
             "olive-ai==0.13.0",
+            # --quant "int4 AutoRound ...": model/quant/autoround.py reads its int_sym grid and the
+            # scale it leaves on each layer (AUTOROUND there): pinned.
+            "auto-round==0.16.1",
         ],
         # mobilevlm-regress: bags replayed as Ray tasks (a workstation or a cluster, not the robot).
         "fleet": ["ray==2.60.0", "tqdm>=4.60"],

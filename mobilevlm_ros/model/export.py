@@ -40,7 +40,7 @@ from .reference import MobileVLM
 
 PRECISIONS, TARGETS = mf.PRECISIONS, mf.TARGETS
 # algo_config values that are not the builder's: weights quantized by a calibrated method first.
-CALIBRATED = ("gptq", "autoclip")
+CALIBRATED = ("gptq", "autoclip", "autoround")
 # The builder's quantization options mobilevlm-export uses for each precision. Chosen by measuring
 # quality on real trained weights (mobilevlm-quality, BENCHMARKS.md) against speed.
 # llama.cpp's mixed strategy as the builder does it: lm_head, and in the first and last eighth of
@@ -160,8 +160,10 @@ def builder_options(precision: str, quant: Dict[str, object]) -> List[str]:
         # The checkpoint holds the quantized weights. Builder 0.18 packs q/k/v into one MatMulNBits
         # only when they have zero points (a symmetric olive checkpoint fails in PackedMatMul).
         options["fuse_qkv"] = "false"
-    elif "layout" in quant:
-        options["fuse_qkv"] = "false"  # an fp32 graph quantized by layout.py, which groups v alone
+    elif quant.get("algo_config") == "autoround" or "layout" in quant:
+        # an fp32 graph quantized after the builder, one MatMul per Linear (layout.py groups v alone;
+        # AutoRound's codes are per Linear)
+        options["fuse_qkv"] = "false"
     elif precision in ("int4", "int8"):
         # AutoClip's checkpoint holds clipped float weights: the builder rounds them like any other.
         # (a rotation is done to the weights before the builder sees them: not the builder's option)
@@ -216,15 +218,18 @@ def run_builder(cmd: List[str], llama_folder: str) -> None:
         raise CheckpointError("onnxruntime-genai builder failed:\n" + "".join(tail)[-3000:])
 
 
-def build_decoder(llama_folder: str, out: str, precision: str, target: str, quant: Dict[str, object]) -> dict:
+def build_decoder(llama_folder: str, out: str, precision: str, target: str, quant: Dict[str, object],
+                  codes=None) -> dict:
     """Run onnxruntime-genai's builder on a Llama folder; decoder.onnx(.data) land in `out`.
 
     quant {"algo_config": "hqq", ...}: the builder writes an fp32 graph and onnxruntime's HQQ quantizer
     (which the builder does not offer) turns its MatMuls into MatMulNBits; quant {"layout": ...}: the
-    same fp32 graph, its MatMuls rounded per group by model/quant/layout.py.
+    same fp32 graph, its MatMuls rounded per group by model/quant/layout.py; quant {"algo_config":
+    "autoround", ...}: the same fp32 graph with `codes` (autoround.learn) packed into its MatMuls.
     Returns the decoder's input/output names as the manifest records them (`decoder_io`)."""
-    hqq, layout = quant.get("algo_config") == "hqq", "layout" in quant
-    float_graph = hqq or layout  # quantized here, after the builder
+    autoround = quant.get("algo_config") == "autoround"
+    hqq, layout = quant.get("algo_config") == "hqq", "layout" in quant and not autoround
+    float_graph = hqq or layout or autoround  # quantized here, after the builder
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
         dst = os.path.join(tmp, "onnx")
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", llama_folder, "-o", dst,
@@ -232,7 +237,15 @@ def build_decoder(llama_folder: str, out: str, precision: str, target: str, quan
                "--extra_options", *builder_options("fp32" if float_graph else precision, quant)]
         run_builder(cmd, llama_folder)
         os.makedirs(out, exist_ok=True)
-        if hqq:
+        if autoround:
+            from .quant.autoround import quantize_graph
+
+            if codes is None:
+                raise ValueError("an AutoRound configuration needs its codes (autoround.learn)")
+            quantize_graph(os.path.join(dst, "decoder.onnx"), out, codes, int(quant["block_size"]),
+                           autoround_int8_plan(quant, [n for n in _matmul_nodes(dst)]),
+                           int(quant.get("accuracy_level", 4)))
+        elif hqq:
             quantize_decoder_hqq(os.path.join(dst, "decoder.onnx"), out, precision, quant)
         elif layout:
             quantize_decoder_layout(os.path.join(dst, "decoder.onnx"), out, precision, quant)
@@ -250,6 +263,43 @@ def build_decoder(llama_folder: str, out: str, precision: str, target: str, quan
         "present_key": decoder["outputs"]["present_key_names"],
         "present_value": decoder["outputs"]["present_value_names"],
     }
+
+
+def _matmul_nodes(folder: str) -> List[str]:
+    import onnx
+
+    model = onnx.load(os.path.join(folder, "decoder.onnx"), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type == "MatMul"]
+
+
+def autoround_int8_plan(quant: Dict[str, object], nodes: List[str]) -> Dict[int, List[str]]:
+    """block -> the MatMul nodes an AutoRound configuration keeps at int8 (its `layout`'s int8
+    entries, or `int8` listing node names and `int8_block`); AutoRound leaves them in float."""
+    from .quant.layout import plan
+
+    if "int8" in quant:
+        return {int(quant.get("int8_block", 64)): [n for n in nodes if n in set(quant["int8"])]}
+    if "layout" not in quant:
+        return {}
+    return {block: names for (bits, block), names in plan(nodes, 4, quant).items() if bits == 8}
+
+
+def autoround_decoder_codes(llm, quant: Dict[str, object], samples):
+    """AutoRound's codes for the Llama `llm` (changed in place) under `quant`, its int8 matrices and
+    lm_head left in float for onnxruntime's int8 rounding; samples None: plain rounding on the same
+    grid (bytes and speed of the layout, and its uncalibrated baseline)."""
+    from .quant.autoround import learn, node_of, rtn_codes
+
+    nodes = [node_of(name) for name, m in llm.named_modules() if isinstance(m, torch.nn.Linear)]
+    int8 = {n for names in autoround_int8_plan(quant, [n for n in nodes if n]).values() for n in names}
+    keep = [name for name, m in llm.named_modules()
+            if isinstance(m, torch.nn.Linear) and node_of(name) in int8]
+    if samples is None:
+        return rtn_codes(llm, int(quant["block_size"]), keep)
+    if quant.get("samples"):
+        samples = samples[:int(quant["samples"])]
+    return learn(llm, samples, int(quant["block_size"]), iters=int(quant.get("iters", 200)),
+                 seed=int(quant.get("seed", 0)), keep=keep)
 
 
 def quantize_decoder_hqq(fp32_graph: str, out: str, precision: str, quant: Dict[str, object]) -> None:
@@ -295,6 +345,9 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
         # which our in-place KV cache does not drive; fp16 is slower than fp32 on CPUs anyway.
         raise ValueError("fp16 engines are for --target cuda; on CPU use fp32, int8 or int4")
     quant = dict(DEFAULT_QUANT.get(precision, {}) if quant is None else quant)
+    if quant.get("algo_config") == "autoround" and target != "cpu":
+        raise ValueError("AutoRound's codes are packed for the CPU's MatMulNBits (fp32 activations); "
+                         "for --target cuda use the default")
     if "layout" in quant and target != "cpu":
         if quant != DEFAULT_QUANT.get(precision):
             raise ValueError("a quantization layout builds CPU engines only; for --target cuda use the "
@@ -331,7 +384,7 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
     log(f"vision graph ({vision_precision}) in {time.time() - t0:.1f}s")
 
     t0 = time.time()
-    calibration = None
+    calibration, codes = None, None
     with tempfile.TemporaryDirectory(prefix="mobilevlm_llm_") as tmp:
         llama = tmp  # the Llama folder the builder reads
         if precision in ("int4", "int8") and is_calibrated(quant):
@@ -345,11 +398,14 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
             fp32 = os.path.join(tmp, "fp32")
             os.makedirs(fp32)
             write_llama_folder(model.llm, fp32, torch.float32, write_tokenizer)
-            llama = gptq_llama_folder(fp32, os.path.join(tmp, "gptq"), write_tokenizer, precision, quant,
-                                      calibration.samples)
+            if quant["algo_config"] == "autoround":  # the builder reads the float folder; codes come after
+                llama, codes = fp32, autoround_decoder_codes(model.llm, quant, calibration.samples)
+            else:
+                llama = gptq_llama_folder(fp32, os.path.join(tmp, "gptq"), write_tokenizer, precision, quant,
+                                          calibration.samples)
         else:
             write_llama_folder(model.llm, llama, weights_dtype(precision), write_tokenizer)
-        decoder_io = build_decoder(llama, out, precision, target, quant)
+        decoder_io = build_decoder(llama, out, precision, target, quant, codes)
     log(f"decoder ({precision}, {target}) in {time.time() - t0:.1f}s")
 
     np.save(os.path.join(out, "embed_tokens.npy"), embedding_table(model.llm, precision))

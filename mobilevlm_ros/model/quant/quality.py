@@ -20,6 +20,7 @@ text (calibration.overlap).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -39,6 +40,7 @@ from ..export import (
     BUILDER_INT4,
     DEFAULT_QUANT,
     SENSITIVE_INT8,
+    autoround_decoder_codes,
     build_decoder,
     embedding_table,
     gptq_llama_folder,
@@ -69,6 +71,7 @@ class Config:
 # mixed strategy.
 # GPTQ only (model/quant/gptq.py): lm_head and the sensitive layers' down projections in int8.
 SENSITIVE_DOWN_INT8 = "last_matmul:int8,mixed_down:int8"
+AUTOROUND_INT8 = {"lm_head": "int8/64", "sensitive": "int8/64"}  # the int4 default's int8 matrices
 CONFIGS = (
     Config("fp32", "fp32"),
     Config("int8 block 128", "int8", {"block_size": 128}),
@@ -159,6 +162,17 @@ CONFIGS = (
     Config("int4 AutoClip block 32, sensitive int8", "int4",
            {"algo_config": "autoclip", "block_size": 32, "matmul_mixed_precision": SENSITIVE_INT8,
             "fuse_qkv": False}),
+    # AutoRound (model/quant/autoround.py): its learned codes and scales, on onnxruntime's own
+    # symmetric grid, packed into MatMulNBits as they are; AutoRound's default 200 iterations.
+    *(Config(f"int4 AutoRound block {b}, lm_head int8", "int4",
+             {"algo_config": "autoround", "block_size": b, "layout": {"lm_head": "int8/64"}})
+      for b in (32, 64, 128)),
+    *(Config(f"int4 AutoRound block {b}, lm_head and sensitive int8 block 64", "int4",
+             {"algo_config": "autoround", "block_size": b, "layout": AUTOROUND_INT8})
+      for b in (32, 64, 128)),
+    # Its fast mode: the optimised rounding without iterations (auto-round's iters=0).
+    Config("int4 AutoRound fast block 64, lm_head and sensitive int8 block 64", "int4",
+           {"algo_config": "autoround", "block_size": 64, "iters": 0, "layout": AUTOROUND_INT8}),
 )
 
 
@@ -378,14 +392,18 @@ def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: i
                "default": config.is_default}
         t0 = time.time()
         try:
-            source = sources[dtype, rotation]
-            if calibrated:
+            source, codes = sources[dtype, rotation], None
+            if config.quant.get("algo_config") == "autoround":  # the float folder; codes on a copy
+                samples = calibration.samples if calibration else None
+                codes = autoround_decoder_codes(copy.deepcopy(llm), config.quant, samples)
+                row["calibration"] = calibration.record if calibration else None
+            elif calibrated:
                 # calibration None: the same layout rounded to nearest (bytes and speed only)
                 samples = calibration.samples if calibration else None
                 source = gptq_llama_folder(source, out + "-gptq", lm.write_tokenizer,
                                            config.precision, config.quant, samples)
                 row["calibration"] = calibration.record if calibration else None
-            decoder_io = build_decoder(source, out, config.precision, "cpu", config.quant)
+            decoder_io = build_decoder(source, out, config.precision, "cpu", config.quant, codes)
             manifest = _engine_manifest(out, llm, decoder_io, context)
             decoder = DecoderEngine(manifest, ["CPUExecutionProvider"], threads, max_length=context)
         except Exception as e:  # a configuration the builder or onnxruntime refuses is a result too
