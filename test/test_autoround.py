@@ -152,3 +152,52 @@ def test_the_version_read_is_the_version_pinned():
     setup = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
     with open(setup) as f:
         assert f'"{AR.AUTOROUND}"' in f.read()
+
+
+def test_int8_by_measurement_spends_the_rules_bytes_where_the_loss_is(checkpoints, tmp_path):
+    """Each matrix's 4-bit sensitivity on the calibration samples; int8 where it buys the most per
+    byte, within the bytes llama.cpp's rule spends; the export holds exactly what was chosen."""
+    from mobilevlm_ros.model.quant import sensitivity as S
+
+    lm = load_language_model(checkpoints("tiny"))
+    samples = cal.text_calibration(lm.encode, lm.bos_id, cal.Source("prose", text=cal.prose_text()),
+                                   count=6, seq_len=64).samples
+    scores = S.sensitivities(lm.llm, samples, 32)
+    assert set(scores) == {n for n, m in lm.llm.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert all(np.isfinite(v) for v in scores.values()) and max(scores.values()) > 0
+    # known answer: the whole model run with that matrix alone rounded (no layers skipped, no cache)
+    targets = [lm.llm(**S._inputs(s)).logits[0, :-1].argmax(-1) for s in samples]
+
+    def loss():
+        with torch.no_grad():
+            return np.mean([float(torch.nn.functional.cross_entropy(lm.llm(**S._inputs(s)).logits[0, :-1], t))
+                            for s, t in zip(samples, targets)])
+
+    base = loss()
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj", "lm_head"):
+        module = dict(lm.llm.named_modules())[name]
+        original = module.weight  # replaced, not written into: a tied lm_head shares the embedding's
+        module.weight = torch.nn.Parameter(S._round_to_int4(original.data, 32))
+        try:
+            assert scores[name] == pytest.approx(loss() - base, rel=1e-3, abs=1e-6), name
+        finally:
+            module.weight = original
+    budget = S.rule_budget(lm.llm, 32)
+    chosen = S.choose_int8(lm.llm, scores, 32, budget)
+    assert 0 < S.extra_bytes(lm.llm, chosen, 32) <= budget
+    # every matrix left out costs more than what remains of the budget, or hurts less per byte
+    remaining = budget - S.extra_bytes(lm.llm, chosen, 32)
+    per_byte = {n: scores[n] / S.extra_bytes(lm.llm, [n], 32) for n in scores}
+    worst_chosen = min(per_byte[n] for n in chosen)
+    for name in set(scores) - set(chosen):
+        assert S.extra_bytes(lm.llm, [name], 32) > remaining or per_byte[name] <= worst_chosen, name
+
+    quant = {"algo_config": "autoround", "block_size": 32, "int8": "measured", **QUICK}
+    engine = export(checkpoints("tiny"), str(tmp_path / "e"), "int4", "cpu", quant=quant, log=lambda m: None)
+    import json
+
+    with open(os.path.join(engine, "manifest.json")) as f:
+        recorded = json.load(f)["quantization"]["int8"]
+    nodes = matmulnbits(engine)
+    eight = sorted(n[:-len("_Q8")] for n, (a, _) in nodes.items() if a["bits"] == 8)
+    assert eight == sorted(recorded) and recorded  # what was chosen is what the graph holds

@@ -284,22 +284,57 @@ def autoround_int8_plan(quant: Dict[str, object], nodes: List[str]) -> Dict[int,
     return {block: names for (bits, block), names in plan(nodes, 4, quant).items() if bits == 8}
 
 
-def autoround_decoder_codes(llm, quant: Dict[str, object], samples):
-    """AutoRound's codes for the Llama `llm` (changed in place) under `quant`, its int8 matrices and
-    lm_head left in float for onnxruntime's int8 rounding; samples None: plain rounding on the same
-    grid (bytes and speed of the layout, and its uncalibrated baseline)."""
-    from .quant.autoround import learn, node_of, rtn_codes
-
-    nodes = [node_of(name) for name, m in llm.named_modules() if isinstance(m, torch.nn.Linear)]
-    int8 = {n for names in autoround_int8_plan(quant, [n for n in nodes if n]).values() for n in names}
-    keep = [name for name, m in llm.named_modules()
-            if isinstance(m, torch.nn.Linear) and node_of(name) in int8]
+def autoround_resolve(llm, quant: Dict[str, object], samples, log=None, scores=None) -> Dict[str, object]:
+    """`quant` with its int8 matrices named: `"int8": "measured"` becomes the Linears
+    model/quant/sensitivity.py chooses on the calibration samples (within `int8_budget` extra bytes,
+    by default the bytes llama.cpp's rule spends), as node names; without samples (bytes and speed of
+    a synthetic shape) the rule's own matrices. `scores`: a cache, block -> sensitivities."""
+    quant = dict(quant)
+    if quant.get("int8") != "measured":
+        return quant
     if samples is None:
-        return rtn_codes(llm, int(quant["block_size"]), keep)
+        quant.pop("int8")
+        quant["layout"] = {"lm_head": "int8/64", "sensitive": "int8/64"}
+        return quant
+    from .quant.autoround import node_of
+    from .quant.sensitivity import choose_int8, rule_budget, sensitivities
+
+    block, scores = int(quant["block_size"]), {} if scores is None else scores
+    if block not in scores:
+        scores[block] = sensitivities(llm, samples, block, log)
+    budget = float(quant.get("int8_budget", rule_budget(llm, block)))
+    quant["int8"] = [node_of(name) for name in choose_int8(llm, scores[block], block, budget)]
+    return quant
+
+
+def autoround_codes(llm, quant: Dict[str, object], samples):
+    """Codes of every Linear of the decoder layers at `quant`'s block (lm_head stays float):
+    AutoRound's, learned on `samples` (`llm` is changed in place), or with samples None plain rounding
+    on the same grid (the layout's bytes and speed, and its uncalibrated baseline). The int8 matrices
+    are learned too and dropped by `int4_codes`: one learning serves every int8 choice of a block."""
+    from .quant.autoround import learn, rtn_codes
+
+    block = int(quant["block_size"])
+    if samples is None:
+        return rtn_codes(llm, block)
     if quant.get("samples"):
         samples = samples[:int(quant["samples"])]
-    return learn(llm, samples, int(quant["block_size"]), iters=int(quant.get("iters", 200)),
-                 seed=int(quant.get("seed", 0)), keep=keep)
+    return learn(llm, samples, block, iters=int(quant.get("iters", 200)), seed=int(quant.get("seed", 0)))
+
+
+def autoround_key(quant: Dict[str, object], samples) -> tuple:
+    """What `autoround_codes` depends on besides the weights: configurations equal in it share codes."""
+    return (int(quant["block_size"]), int(quant.get("iters", 200)), int(quant.get("seed", 0)),
+            quant.get("samples"), samples is None)
+
+
+def int4_codes(codes, quant: Dict[str, object]):
+    """`codes` without the matrices `quant` keeps at int8 (onnxruntime rounds those from float)."""
+    from .quant.autoround import node_of
+
+    int8 = {n for names in autoround_int8_plan(quant, [node_of(name) for name in codes]).values()
+            for n in names}
+    return {name: c for name, c in codes.items() if node_of(name) not in int8}
 
 
 def quantize_decoder_hqq(fp32_graph: str, out: str, precision: str, quant: Dict[str, object]) -> None:
@@ -399,7 +434,8 @@ def export(src: str, out: str, precision: str = "int4", target: str = "cpu", vis
             os.makedirs(fp32)
             write_llama_folder(model.llm, fp32, torch.float32, write_tokenizer)
             if quant["algo_config"] == "autoround":  # the builder reads the float folder; codes come after
-                llama, codes = fp32, autoround_decoder_codes(model.llm, quant, calibration.samples)
+                quant = autoround_resolve(model.llm, quant, calibration.samples, log)
+                codes, llama = int4_codes(autoround_codes(model.llm, quant, calibration.samples), quant), fp32
             else:
                 llama = gptq_llama_folder(fp32, os.path.join(tmp, "gptq"), write_tokenizer, precision, quant,
                                           calibration.samples)

@@ -40,10 +40,13 @@ from ..export import (
     BUILDER_INT4,
     DEFAULT_QUANT,
     SENSITIVE_INT8,
-    autoround_decoder_codes,
+    autoround_codes,
+    autoround_key,
+    autoround_resolve,
     build_decoder,
     embedding_table,
     gptq_llama_folder,
+    int4_codes,
     is_calibrated,
     weights_dtype,
 )
@@ -170,6 +173,9 @@ CONFIGS = (
     *(Config(f"int4 AutoRound block {b}, lm_head and sensitive int8 block 64", "int4",
              {"algo_config": "autoround", "block_size": b, "layout": AUTOROUND_INT8})
       for b in (32, 64, 128)),
+    # int8 matrices chosen by measurement (model/quant/sensitivity.py) within the bytes the rule spends.
+    *(Config(f"int4 AutoRound block {b}, int8 by measurement", "int4",
+             {"algo_config": "autoround", "block_size": b, "int8": "measured"}) for b in (32, 64, 128)),
     # Its fast mode: the optimised rounding without iterations (auto-round's iters=0).
     Config("int4 AutoRound fast block 64, lm_head and sensitive int8 block 64", "int4",
            {"algo_config": "autoround", "block_size": 64, "iters": 0, "layout": AUTOROUND_INT8}),
@@ -374,6 +380,7 @@ def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: i
 
     models = {"": lm.llm}  # the Llama each rotation makes (model/quant/rotation.py), made once
     sources = {}  # the Llama folder the builder reads, one per weight dtype and rotation
+    learned, scores = {}, {}  # AutoRound's codes by what they depend on; 4-bit sensitivities by block
     for config in tqdm(configs, desc="configurations", disable=log is None):
         calibrated = is_calibrated(config.quant)
         dtype = torch.float32 if calibrated else weights_dtype(config.precision)
@@ -392,18 +399,24 @@ def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: i
                "default": config.is_default}
         t0 = time.time()
         try:
-            source, codes = sources[dtype, rotation], None
-            if config.quant.get("algo_config") == "autoround":  # the float folder; codes on a copy
+            source, codes, quant = sources[dtype, rotation], None, config.quant
+            if quant.get("algo_config") == "autoround":  # the float folder; codes on a copy
                 samples = calibration.samples if calibration else None
-                codes = autoround_decoder_codes(copy.deepcopy(llm), config.quant, samples)
+                quant = autoround_resolve(llm, quant, samples, log, scores.setdefault(rotation, {}))
+                key = (rotation, *autoround_key(quant, samples))
+                if key not in learned:  # one learning per block serves every int8 choice
+                    learned[key] = autoround_codes(copy.deepcopy(llm), quant, samples)
+                codes = int4_codes(learned[key], quant)
                 row["calibration"] = calibration.record if calibration else None
+                if isinstance(quant.get("int8"), list):
+                    row["int8"] = quant["int8"]  # what the measurement chose
             elif calibrated:
                 # calibration None: the same layout rounded to nearest (bytes and speed only)
                 samples = calibration.samples if calibration else None
                 source = gptq_llama_folder(source, out + "-gptq", lm.write_tokenizer,
                                            config.precision, config.quant, samples)
                 row["calibration"] = calibration.record if calibration else None
-            decoder_io = build_decoder(source, out, config.precision, "cpu", config.quant, codes)
+            decoder_io = build_decoder(source, out, config.precision, "cpu", quant, codes)
             manifest = _engine_manifest(out, llm, decoder_io, context)
             decoder = DecoderEngine(manifest, ["CPUExecutionProvider"], threads, max_length=context)
         except Exception as e:  # a configuration the builder or onnxruntime refuses is a result too
