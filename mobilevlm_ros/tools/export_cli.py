@@ -35,11 +35,12 @@ def main(argv=None) -> int:
                         "(default: the precision's measured default)")
     p.add_argument("--quant", metavar="NAME",
                    help="int4/int8: another quantization configuration, named as mobilevlm-quality prints it "
-                        "(e.g. \"int4 k-quant block 16, sensitive int8\")")
+                        "(e.g. \"int4 k-quant block 16, sensitive int8\"; an AutoRound row's name + "
+                        "\" (N iters)\": N iterations instead of its 200)")
     p.add_argument("--calibrate", metavar="SRC",
-                   help="calibrated configurations (GPTQ, AutoClip): calibrate on a rosbag's camera frames "
-                        "(with the caption prompt and the bag's questions), a folder of images, or a text "
-                        "file (default: demo scenes and the package's calibration prose)")
+                   help="calibrated configurations (GPTQ, AutoClip, AutoRound): calibrate on a rosbag's "
+                        "camera frames (with the caption prompt and the bag's questions), a folder of "
+                        "images, or a text file (default: demo scenes and the package's calibration prose)")
     p.add_argument("--answer-hint", help="words appended to typed questions (default: LLaVA's short-answer "
                                          "prompt; '' for none, as the demo engine)")
     p.add_argument("--vision-tower", help="local CLIP folder for checkpoints that do not hold the tower (V1)")
@@ -49,13 +50,13 @@ def main(argv=None) -> int:
 
     from ..model.export import DEFAULT_QUANT, export, is_calibrated
     from ..model.quant.calibration import load_source
-    from ..model.quant.quality import CONFIGS
+    from ..model.quant.quality import CONFIGS, config_named
     from ..model.synthetic import PRESETS, write_synthetic
     from ..runtime.errors import VLMError
 
     quant = None
     if a.quant:
-        config = next((c for c in CONFIGS if c.name == a.quant and c.precision == a.precision), None)
+        config = config_named(a.quant, a.precision)
         if config is None:
             p.error(f"--quant: {a.precision} configurations are: "
                     + "; ".join(c.name for c in CONFIGS if c.precision == a.precision))

@@ -55,6 +55,15 @@ def _table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _shape_table(shape: dict) -> str:
+    name = shape["name"]
+    lines = [f"| engine | MB read per token at {name} | decode tok/s at {name} |", "|---|---|---|"]
+    for s in shape["engines"]:
+        speed = f"{s['decode_tok_s']:.1f}" if s.get("decode_tok_s") else s.get("error", "-")
+        lines.append(f"| {s['name']} | {_mb(s)} | {speed} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mobilevlm-quality", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="MobileVLM checkpoint, Llama folder or hub id, or a .gguf file")
@@ -74,9 +83,15 @@ def main(argv=None) -> int:
     p.add_argument("--calibrate", metavar="TEXT",
                    help="text file that calibrates the GPTQ and AutoClip rows (default: the package's "
                         "calibration prose); refused when it overlaps the corpus")
+    p.add_argument("--calibration-tokens", type=int, default=8192, metavar="N",
+                   help="at most N tokens of the calibration text, in windows of 256 (default 8192)")
+    p.add_argument("--iters", type=int, metavar="N",
+                   help="AutoRound rows learn N iterations instead of their own (the machine's budget)")
     p.add_argument("--shape", metavar="NAME",
                    help="also measure bytes read per token and decode speed of each configuration on a "
                         "synthetic checkpoint of this shape (e.g. v2-1.7b; minutes per configuration)")
+    p.add_argument("--shape-only", action="store_true",
+                   help="with --shape: its bytes and decode speed only, nothing scored or calibrated")
     p.add_argument("--llamacpp", action="store_true",
                    help="also convert the same fp32 weights with llama.cpp and score Q8_0, Q4_0, Q4_K_M "
                         "(needs llama-cpp-python and llama.cpp's converter, see --llamacpp-src)")
@@ -87,18 +102,27 @@ def main(argv=None) -> int:
 
     from ..model.export import is_calibrated
     from ..model.quant.calibration import text_calibration
-    from ..model.quant.quality import CONFIGS, load_language_model, measure
+    from ..model.quant.quality import CONFIGS, load_language_model, measure, with_iters
     from ..runtime.errors import VLMError
 
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
     configs = [c for c in CONFIGS if (not a.only or c.name in a.only) and (not a.defaults or c.is_default)]
     if a.only and len(configs) != len(a.only):
         p.error(f"--only: known configurations are {', '.join(c.name for c in CONFIGS)}")
+    if a.iters is not None:
+        configs = [with_iters(c, a.iters) if c.quant.get("algo_config") == "autoround" else c
+                   for c in configs]
     if a.shape:
         from ..model.synthetic import PRESETS
 
         if a.shape not in PRESETS:
             p.error(f"--shape: known shapes are {', '.join(PRESETS)}")
+    if a.shape_only and not a.shape:
+        p.error("--shape-only needs --shape")
+    if a.shape_only:
+        report = {"shape": _shape(a, configs, log)}
+        print(json.dumps(report, indent=2) if a.json else "\n" + _shape_table(report["shape"]))
+        return 0
     try:
         texts = []
         for path in a.corpus:
@@ -108,8 +132,10 @@ def main(argv=None) -> int:
         lm = load_language_model(a.src)
         calibration = None
         if source is not None:
-            # Half the exporter's set: text-only GPTQ of a small Llama settles well before (BENCHMARKS.md).
-            calibration = text_calibration(lm.encode, lm.bos_id, source, count=32)
+            # 8k tokens by default: half the exporter's set; text-only GPTQ of a small Llama settles well
+            # before (BENCHMARKS.md).
+            calibration = text_calibration(lm.encode, lm.bos_id, source,
+                                           count=max(1, a.calibration_tokens // 256))
             log(f"calibration set {source.name}: {calibration.record['samples']} samples, "
                 f"{calibration.record['tokens']} tokens")
         report = measure(lm, texts, tokens=a.tokens, window=a.window, configs=configs, threads=a.threads,

@@ -24,10 +24,11 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -368,6 +369,22 @@ def score_engine(lm: LanguageModel, decoder: DecoderEngine, table: np.ndarray, w
         return step(token)
 
     return score_teacher_forced(lm, start, step, windows, reference_choices)
+
+
+def with_iters(config: Config, iters: int) -> Config:
+    """An AutoRound configuration learning `iters` iterations, named so: "NAME (N iters)"."""
+    return replace(config, name=f"{config.name} ({iters} iters)", quant={**config.quant, "iters": iters})
+
+
+def config_named(name: str, precision: Optional[str] = None) -> Optional[Config]:
+    """The configuration mobilevlm-quality prints as `name` (with " (N iters)" after an AutoRound
+    row's name: that row at N iterations)."""
+    m = re.fullmatch(r"(.*) \((\d+) iters\)", name)
+    base = m.group(1) if m else name
+    config = next((c for c in CONFIGS if c.name == base and precision in (None, c.precision)), None)
+    if config is None or not m:
+        return config
+    return with_iters(config, int(m.group(2))) if config.quant.get("algo_config") == "autoround" else None
 
 
 def build_configs(lm: LanguageModel, configs, tmp: str, context: int, threads: int, calibration=None,
