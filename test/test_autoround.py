@@ -201,3 +201,15 @@ def test_int8_by_measurement_spends_the_rules_bytes_where_the_loss_is(checkpoint
     nodes = matmulnbits(engine)
     eight = sorted(n[:-len("_Q8")] for n, (a, _) in nodes.items() if a["bits"] == 8)
     assert eight == sorted(recorded) and recorded  # what was chosen is what the graph holds
+
+
+def test_a_row_at_other_iterations_is_named_so_and_found_by_that_name():
+    from mobilevlm_ros.model.quant.quality import config_named
+
+    row = config_named("int4 AutoRound block 64, lm_head int8 (50 iters)", "int4")
+    assert row.quant["iters"] == 50 and row.quant["block_size"] == 64
+    assert row.name == "int4 AutoRound block 64, lm_head int8 (50 iters)"
+    assert "iters" not in config_named("int4 AutoRound block 64, lm_head int8").quant  # its own 200
+    # iterations of a row that learns none
+    assert config_named("int4 block 32, lm_head and sensitive int8 block 64 (50 iters)") is None
+    assert config_named("int4 AutoRound block 64, lm_head int8", "int8") is None
