@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--calibration-tokens", type=int, default=8192, metavar="N",
                    help="at most N tokens of the calibration text, in windows of 256 (default 8192)")
     p.add_argument("--iters", type=int, metavar="N",
-                   help="AutoRound rows learn N iterations instead of their own (the machine's budget)")
+                   help="AutoRound rows learn N iterations instead of 200 (the machine's budget; the fast "
+                        "row keeps its 0)")
     p.add_argument("--shape", metavar="NAME",
                    help="also measure bytes read per token and decode speed of each configuration on a "
                         "synthetic checkpoint of this shape (e.g. v2-1.7b; minutes per configuration)")
@@ -110,8 +111,8 @@ def main(argv=None) -> int:
     if a.only and len(configs) != len(a.only):
         p.error(f"--only: known configurations are {', '.join(c.name for c in CONFIGS)}")
     if a.iters is not None:
-        configs = [with_iters(c, a.iters) if c.quant.get("algo_config") == "autoround" else c
-                   for c in configs]
+        learns = [c.quant.get("algo_config") == "autoround" and "iters" not in c.quant for c in configs]
+        configs = [with_iters(c, a.iters) if n else c for c, n in zip(configs, learns)]  # fast keeps its 0
     if a.shape:
         from ..model.synthetic import PRESETS
 
