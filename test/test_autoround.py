@@ -192,7 +192,10 @@ def test_int8_by_measurement_spends_the_rules_bytes_where_the_loss_is(checkpoint
     for name in set(scores) - set(chosen):
         assert S.extra_bytes(lm.llm, [name], 32) > remaining or per_byte[name] <= worst_chosen, name
 
-    quant = {"algo_config": "autoround", "block_size": 32, "int8": "measured", **QUICK}
+    # a budget lm_head does not fit in: it must then be 4-bit like the rest
+    small = 2 * S.extra_bytes(lm.llm, ["model.layers.0.self_attn.q_proj"], 32)
+    assert small < S.extra_bytes(lm.llm, ["lm_head"], 32)
+    quant = {"algo_config": "autoround", "block_size": 32, "int8": "measured", "int8_budget": small, **QUICK}
     engine = export(checkpoints("tiny"), str(tmp_path / "e"), "int4", "cpu", quant=quant, log=lambda m: None)
     import json
 
@@ -201,6 +204,9 @@ def test_int8_by_measurement_spends_the_rules_bytes_where_the_loss_is(checkpoint
     nodes = matmulnbits(engine)
     eight = sorted(n[:-len("_Q8")] for n, (a, _) in nodes.items() if a["bits"] == 8)
     assert eight == sorted(recorded) and recorded  # what was chosen is what the graph holds
+    # and every other matrix, lm_head too (AutoRound leaves it), is 4-bit: none stays float
+    linears = sum(isinstance(m, torch.nn.Linear) for m in lm.llm.modules())
+    assert len(nodes) == linears and sum(a["bits"] == 4 for a, _ in nodes.values()) == linears - len(eight)
 
 
 def test_a_row_at_other_iterations_is_named_so_and_found_by_that_name():

@@ -308,18 +308,23 @@ def autoround_resolve(llm, quant: Dict[str, object], samples, log=None, scores=N
 
 
 def autoround_codes(llm, quant: Dict[str, object], samples):
-    """Codes of every Linear of the decoder layers at `quant`'s block (lm_head stays float):
+    """Codes of every Linear at `quant`'s block (lm_head rounded to nearest):
     AutoRound's, learned on `samples` (`llm` is changed in place), or with samples None plain rounding
     on the same grid (the layout's bytes and speed, and its uncalibrated baseline). The int8 matrices
     are learned too and dropped by `int4_codes`: one learning serves every int8 choice of a block."""
     from .quant.autoround import learn, rtn_codes
 
     block = int(quant["block_size"])
+    # AutoRound leaves lm_head (tied to the embeddings in small models): where the int8 choice leaves
+    # it at 4 bits it is rounded on the same grid, never left in float.
+    head = rtn_codes(llm, block, keep=[n for n, m in llm.named_modules()
+                                       if isinstance(m, torch.nn.Linear) and n != "lm_head"], lm_head=True)
     if samples is None:
-        return rtn_codes(llm, block)
+        return {**rtn_codes(llm, block), **head}
     if quant.get("samples"):
         samples = samples[:int(quant["samples"])]
-    return learn(llm, samples, block, iters=int(quant.get("iters", 200)), seed=int(quant.get("seed", 0)))
+    codes = learn(llm, samples, block, iters=int(quant.get("iters", 200)), seed=int(quant.get("seed", 0)))
+    return {**codes, **head}
 
 
 def autoround_key(quant: Dict[str, object], samples) -> tuple:
