@@ -4,9 +4,9 @@
 
 A synthetic checkpoint of the shape (random weights: time and memory do not depend on their values)
 is loaded whole, in fp32 as the exporter loads it, so the peak RSS includes the full model. AutoRound
-then learns only its first `--layers` layers, once without iterations (its fast mode: the fixed cost
-of a layer) and once with `--iters`; the difference gives the cost of one iteration of one layer.
-Projected time for I iterations = layers of the shape x (fixed + I x per-iteration). Samples are
+then learns only its first `--layers` layers: without iterations (its fast mode, a path of its own),
+and with `--iters` and twice `--iters`, whose difference gives the cost of one iteration of one layer.
+Projected time for I > 0 iterations = layers x (time at --iters + (I - --iters) x per-iteration). Samples are
 random ids of 256 tokens: AutoRound's per-iteration cost is one batch of 8 of them, whatever the count.
 """
 
@@ -46,18 +46,20 @@ def main(argv=None) -> int:
     mask = torch.ones(1, 257, dtype=torch.long)
     samples = [{"input_ids": row[None], "attention_mask": mask} for row in ids]
     seconds = {}
-    for iters in (0, a.iters):
+    for iters in (0, a.iters, 2 * a.iters):
         model = copy.deepcopy(llm)
         t0 = time.perf_counter()
         learn(model, samples, a.block, iters=iters)
         seconds[iters] = (time.perf_counter() - t0) / a.layers
         del model
-    per_iter = (seconds[a.iters] - seconds[0]) / a.iters
+    per_iter = (seconds[2 * a.iters] - seconds[a.iters]) / a.iters
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-    print(f"{a.shape}: {total_layers} layers; per layer {seconds[0]:.1f} s fixed + {per_iter:.2f} s per "
-          f"iteration ({a.samples} samples of 257 tokens, block {a.block}); peak RSS {peak_gib:.1f} GiB")
+    print(f"{a.shape}: {total_layers} layers; per layer {seconds[0]:.1f} s in fast mode, "
+          f"{seconds[a.iters]:.1f} s at {a.iters} iterations, {per_iter:.2f} s per further iteration "
+          f"({a.samples} samples of 257 tokens, block {a.block}); peak RSS {peak_gib:.1f} GiB")
     for iters in a.project:
-        minutes = total_layers * (seconds[0] + iters * per_iter) / 60
+        per_layer = seconds[0] if iters == 0 else seconds[a.iters] + (iters - a.iters) * per_iter
+        minutes = total_layers * per_layer / 60
         print(f"  projected at {iters} iterations: {minutes:.1f} min")
     return 0
 
