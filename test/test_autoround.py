@@ -17,7 +17,7 @@ from conftest import matmulnbits
 from mobilevlm_ros.model.export import autoround_int8_plan, export
 from mobilevlm_ros.model.quant import autoround as AR
 from mobilevlm_ros.model.quant import calibration as cal
-from mobilevlm_ros.model.quant.quality import CONFIGS, load_language_model, measure
+from mobilevlm_ros.model.quant.quality import CONFIGS, load_language_model, measure, with_iters
 
 CORPUS = "/usr/share/common-licenses/GPL-3"
 QUICK = {"iters": 5, "samples": 8}  # enough to move every block's loss; seconds, not hours, here
@@ -126,7 +126,7 @@ def test_calibrated_agrees_with_fp32_at_least_as_well_as_rounding_of_the_same_la
     by_name = {c.name: c for c in CONFIGS}
     rounding = by_name["int4 block 32, lm_head and sensitive int8 block 64"]
     calibrated = by_name["int4 AutoRound block 32, lm_head and sensitive int8 block 64"]
-    calibrated = type(calibrated)(calibrated.name, "int4", {**calibrated.quant, "iters": 50})
+    calibrated = with_iters(calibrated, 50)
     report = measure(lm, text[:half], tokens=256, window=64, configs=[rounding, calibrated], threads=1,
                      log=None, calibration=calibration)
     rtn, ar = report["engines"]

@@ -317,10 +317,9 @@ def autoround_codes(llm, quant: Dict[str, object], samples):
     block = int(quant["block_size"])
     # AutoRound leaves lm_head (tied to the embeddings in small models): where the int8 choice leaves
     # it at 4 bits it is rounded on the same grid, never left in float.
-    head = rtn_codes(llm, block, keep=[n for n, m in llm.named_modules()
-                                       if isinstance(m, torch.nn.Linear) and n != "lm_head"], lm_head=True)
     if samples is None:
-        return {**rtn_codes(llm, block), **head}
+        return rtn_codes(llm, block)
+    head = rtn_codes(llm, block, ["lm_head"])  # before learn() changes the model
     if quant.get("samples"):
         samples = samples[:int(quant["samples"])]
     codes = learn(llm, samples, block, iters=int(quant.get("iters", 200)), seed=int(quant.get("seed", 0)))

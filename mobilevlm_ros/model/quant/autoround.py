@@ -128,13 +128,13 @@ def learn(llm, samples: Sequence[dict], block_size: int, iters: int = 200, seed:
     return codes
 
 
-def rtn_codes(llm, block_size: int, keep: Sequence[str] = (), lm_head: bool = False) -> Codes:
+def rtn_codes(llm, block_size: int, names: Optional[Sequence[str]] = None) -> Codes:
     """Plain rounding to nearest on the same grid (the largest-magnitude weight of a block at -8, codes
-    clamped to [-8, 7]), for every Linear but `keep` (and lm_head unless `lm_head`): what AutoRound
-    starts from, and the layout's bytes and speed without calibration."""
+    clamped to [-8, 7]) of the Linears `names` (default: all): what AutoRound starts from, and the
+    layout's bytes and speed without calibration."""
     codes: Codes = {}
     for name, module in llm.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name in keep or (name == "lm_head" and not lm_head):
+        if not isinstance(module, torch.nn.Linear) or (names is not None and name not in names):
             continue
         w = module.weight.detach().float().numpy()
         n, k = w.shape
